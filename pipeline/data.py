@@ -1,0 +1,344 @@
+"""Load math problems into a uniform ``datasets.Dataset``.
+
+Every loader returns the columns ``id``, ``problem``, ``answer`` (all str) and
+``source`` first, then whatever extra columns the source had. Sources can be a
+bundled benchmark name, a local file or ``save_to_disk`` folder, or a Hugging Face
+dataset id. Bad rows raise a one-line ``ValueError`` naming the source and row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# Benchmark name -> file name. The split is part of the name ("gsm8k" is the test set).
+BENCHMARKS: dict[str, str] = {
+    "gsm8k": "gsm8k_test.jsonl",
+    "gsm8k_train": "gsm8k_train.jsonl",
+    "math500": "math500_test.jsonl",
+    "svamp": "svamp_test.jsonl",
+    "olympiadbench": "olympiadbench_test.jsonl",
+    "aime24": "aime24_test.jsonl",
+    "aime25": "aime25_test.jsonl",
+    "amc23": "amc23_test.jsonl",
+}
+
+# Known names whose files are not shipped: the problems are (c) MAA, licence unclear.
+NOT_BUNDLED = frozenset({"aime24", "aime25", "amc23"})
+
+CORE_COLUMNS = ("id", "problem", "answer", "source")
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+# Used only to make the "missing column" error suggest a likely mapping.
+_ALIASES = {
+    "problem": ("question", "Question", "prompt", "input", "query", "Problem"),
+    "answer": ("final_answer", "Answer", "target", "gold", "label", "expected_answer"),
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def data_dir() -> Path:
+    """The folder holding the bundled benchmark files (env ``DISTILL_DATA_DIR`` overrides)."""
+    env = os.environ.get("DISTILL_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parent.parent / "data" / "benchmarks"
+
+
+def load_problems(
+    source: str,
+    *,
+    split: str | None = None,
+    columns: dict[str, str] | None = None,
+    limit: int | None = None,
+    shuffle_seed: int | None = None,
+) -> datasets.Dataset:
+    """Load problems from ``source`` and return a validated Dataset.
+
+    ``source`` is tried, in order, as: a name in ``BENCHMARKS`` (``split`` may pick
+    e.g. ``"train"`` for ``"gsm8k"``); an existing local ``.jsonl``/``.json``/``.parquet``
+    file or ``save_to_disk`` folder; a Hugging Face dataset id ``"org/name"``.
+    ``columns`` maps our column names to the source's (``{"problem": "question"}``).
+    ``limit`` keeps the first rows, or a random subset when ``shuffle_seed`` is given.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+
+    label, stem, rows, where = _read(str(source), split)
+    rows = _normalise(rows, where, label=label, stem=stem, columns=columns or {})
+    ds = datasets.Dataset.from_list(_arrow_safe(rows))
+
+    if shuffle_seed is not None:
+        ds = ds.shuffle(seed=shuffle_seed)
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return ds
+
+
+# --- reading -----------------------------------------------------------------------
+
+
+def _read(source: str, split: str | None) -> tuple[str, str, list[dict], list[str]]:
+    """Return (label for errors, stem for ids/source column, rows, row positions)."""
+    if source in BENCHMARKS or (split and f"{source}_{split}" in BENCHMARKS):
+        name = _benchmark_name(source, split)
+        path = _benchmark_path(name)
+        rows, where = _read_file(path, label=name)
+        return name, name, rows, where
+
+    path = Path(source).expanduser()
+    if path.exists():
+        if path.is_dir():
+            return source, path.name, *_read_saved(path, split, label=source)
+        if split is not None:
+            raise ValueError(f"{source}: split={split!r} does not apply to a single file")
+        return source, path.stem, *_read_file(path, label=source)
+
+    if _looks_like_path(source):
+        raise ValueError(f"{source}: no such file or folder")
+    if _HUB_ID.match(source):
+        ds = datasets.load_dataset(source, split=split or "train")
+        return source, source.rsplit("/", 1)[1], *_rows_of(ds)
+    raise ValueError(
+        f"{source!r} is not a benchmark name ({', '.join(BENCHMARKS)}), an existing "
+        "file or folder, or a Hugging Face dataset id 'org/name'"
+    )
+
+
+def _benchmark_name(source: str, split: str | None) -> str:
+    """Resolve ("gsm8k", "train") -> "gsm8k_train"; a split must match the file's."""
+    if split is None:
+        return source
+    if f"{source}_{split}" in BENCHMARKS:
+        return f"{source}_{split}"
+    if source in BENCHMARKS and BENCHMARKS[source].endswith(f"_{split}.jsonl"):
+        return source
+    have = sorted(n for n in BENCHMARKS if n == source or n.startswith(f"{source}_"))
+    raise ValueError(
+        f"benchmark {source!r} has no split {split!r} "
+        f"(available: {', '.join(f'{n} -> {BENCHMARKS[n]}' for n in have)})"
+    )
+
+
+def _benchmark_path(name: str) -> Path:
+    file_name = BENCHMARKS[name]
+    dirs = [data_dir()]
+    if name in NOT_BUNDLED:
+        env = os.environ.get("DISTILL_BENCHMARKS_DIR")
+        dirs = ([Path(env).expanduser()] if env else []) + dirs
+    for folder in dirs:
+        if (folder / file_name).is_file():
+            return folder / file_name
+    if name in NOT_BUNDLED:
+        raise ValueError(
+            f"benchmark {name!r} is not bundled because of its licence (problems are (c) MAA); "
+            f"set DISTILL_BENCHMARKS_DIR to a folder holding {file_name}"
+        )
+    raise ValueError(
+        f"bundled benchmark file {file_name} not found in {dirs[0]} "
+        "(set DISTILL_DATA_DIR to the folder holding the bundled benchmarks)"
+    )
+
+
+def _looks_like_path(source: str) -> bool:
+    # Anything with a file suffix, an explicit relative/absolute/home prefix, or more
+    # than one separator cannot be a Hub id, so a missing one must not go to the Hub.
+    return (
+        source.lower().endswith(FILE_SUFFIXES)
+        or source.startswith((".", "/", "~"))
+        or source.count("/") > 1
+        or "\\" in source
+    )
+
+
+def _read_file(path: Path, *, label: str) -> tuple[list[dict], list[str]]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path, label=label)
+    if suffix == ".json":
+        return _read_json(path, label=label)
+    if suffix == ".parquet":
+        return _rows_of(pq.read_table(path))
+    raise ValueError(f"{label}: unsupported file type {suffix!r} (use {', '.join(FILE_SUFFIXES)})")
+
+
+def _read_jsonl(path: Path, *, label: str) -> tuple[list[dict], list[str]]:
+    # Parsed by hand (not datasets' JSON builder) so every error can name its line.
+    rows, where = [], []
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{label}: line {lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{label}: line {lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+            where.append(f"line {lineno}")
+    return rows, where
+
+
+def _read_json(path: Path, *, label: str) -> tuple[list[dict], list[str]]:
+    """A .json file holding a list of objects; JSON Lines saved as .json also works."""
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return _read_jsonl(path, label=label)
+    if isinstance(data, dict):  # a single object is a one-line JSON Lines file
+        return _read_jsonl(path, label=label)
+    if not isinstance(data, list):
+        raise ValueError(f"{label}: expected a JSON list of objects, got {type(data).__name__}")
+    for i, row in enumerate(data, start=1):
+        if not isinstance(row, dict):
+            raise ValueError(f"{label}: item {i}: expected a JSON object, got {type(row).__name__}")
+    return data, [f"item {i}" for i in range(1, len(data) + 1)]
+
+
+def _read_saved(path: Path, split: str | None, *, label: str) -> tuple[list[dict], list[str]]:
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except FileNotFoundError:
+        raise ValueError(f"{label}: folder is not a dataset written by Dataset.save_to_disk") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split is None and len(ds) == 1:
+            split = next(iter(ds))
+        if split not in ds:
+            raise ValueError(f"{label}: choose a split with split=... (available: {', '.join(ds)})")
+        ds = ds[split]
+    elif split is not None:
+        raise ValueError(f"{label}: split={split!r} given but the folder holds a single Dataset")
+    return _rows_of(ds)
+
+
+def _rows_of(table: datasets.Dataset | pa.Table) -> tuple[list[dict], list[str]]:
+    rows = table.to_list() if isinstance(table, datasets.Dataset) else table.to_pylist()
+    return rows, [f"row {i}" for i in range(1, len(rows) + 1)]
+
+
+# --- validation and normalisation --------------------------------------------------
+
+
+def _normalise(
+    rows: list[dict], where: list[str], *, label: str, stem: str, columns: dict[str, str]
+) -> list[dict]:
+    if not rows:
+        raise ValueError(f"{label}: no rows")
+    available = list(dict.fromkeys(k for row in rows for k in row))  # first-seen order
+    rows = _rename(rows, columns, available, label)
+    available = list(dict.fromkeys(k for row in rows for k in row))
+
+    for col in ("problem", "answer"):
+        if col not in available:
+            guess = next((a for a in _ALIASES[col] if a in available), "<col>")
+            raise ValueError(
+                f"{label}: no {col!r} column (available: {', '.join(available)}); "
+                f"map one with columns: {{{col}: {guess}}}"
+            )
+
+    has_id = "id" in available
+    extras = [c for c in available if c not in CORE_COLUMNS]
+    seen: dict[str, str] = {}
+    out = []
+    for i, (row, at) in enumerate(zip(rows, where)):
+        problem = row.get("problem")
+        if not isinstance(problem, str):
+            raise ValueError(f"{label}: {at}: 'problem' must be a string, got {_kind(problem)}")
+        if not problem.strip():
+            raise ValueError(f"{label}: {at}: empty 'problem'")
+
+        answer = _as_text(row.get("answer"))
+        if answer is None:
+            got = _kind(row.get("answer"))
+            raise ValueError(f"{label}: {at}: 'answer' must be a string or number, got {got}")
+        if not answer.strip():
+            raise ValueError(f"{label}: {at}: empty 'answer'")
+
+        if has_id:
+            id_ = _as_text(row.get("id"))
+            if id_ is None or not id_.strip():
+                got = repr(row.get("id"))
+                raise ValueError(f"{label}: {at}: 'id' must be a non-empty string or number, got {got}")
+        else:
+            id_ = f"{stem}-{i}"
+        if id_ in seen:
+            raise ValueError(f"{label}: duplicate id {id_!r} at {seen[id_]} and {at}")
+        seen[id_] = at
+
+        source = stem if row.get("source") is None else str(row["source"])
+        out.append(
+            {"id": id_, "problem": problem, "answer": answer, "source": source}
+            | {c: row.get(c) for c in extras}  # rows lacking an extra column get None
+        )
+    return out
+
+
+def _rename(rows: list[dict], columns: dict[str, str], available: list[str], label: str) -> list[dict]:
+    """Apply {ours: theirs}: copy each source column to our name, dropping the source name."""
+    if not columns:
+        return rows
+    for ours, theirs in columns.items():
+        if theirs not in available:
+            raise ValueError(
+                f"{label}: columns maps {ours!r} to {theirs!r}, but there is no column {theirs!r} "
+                f"(available: {', '.join(available)})"
+            )
+    sources = set(columns.values())
+    # Renaming onto a column that stays would silently lose one of the two; refuse.
+    for ours in columns:
+        if ours in available and ours not in sources:
+            raise ValueError(
+                f"{label}: columns maps {ours!r} to {columns[ours]!r}, but the source already has a "
+                f"{ours!r} column; map it away too (e.g. 'orig_{ours}': '{ours}')"
+            )
+    return [
+        {ours: row.get(theirs) for ours, theirs in columns.items()}
+        | {k: v for k, v in row.items() if k not in sources and k not in columns}
+        for row in rows
+    ]
+
+
+def _as_text(value: Any) -> str | None:
+    """Strings as-is; numbers as text (18 -> "18", 2.0 -> "2", 0.5 -> "0.5"); else None."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):  # parquet/pandas write missing values as NaN
+            return None
+        return str(int(value)) if value.is_integer() else str(value)
+    return None
+
+
+def _kind(value: Any) -> str:
+    return "nothing (missing or null)" if value is None else type(value).__name__
+
+
+def _arrow_safe(rows: list[dict]) -> list[dict]:
+    """JSON-encode extra columns whose values Arrow cannot hold in one column type.
+
+    JSONL rows may mix e.g. ints and strings in one field; failing the whole load for
+    an unused extra column would be unhelpful, and JSON text keeps the values readable.
+    """
+    for col in [c for c in rows[0] if c not in CORE_COLUMNS]:
+        values = [row[col] for row in rows]
+        try:
+            pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            for row in rows:
+                if row[col] is not None:
+                    row[col] = json.dumps(row[col], ensure_ascii=False)
+    return rows

@@ -1,0 +1,200 @@
+"""Stage `generate`: problems -> teacher traces (one row per (id, sample)), sharded, resumable, idempotent.
+
+    distill generate recipes/demo.yaml --generate.sampling.n 8
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .config import GenerateConfig
+from .data import load_problems
+from .teachers.base import GenRequest, GenResult, make_teacher, split_reasoning, teacher_name
+from .traces_store import Key, TraceStore
+
+
+def run(cfg: GenerateConfig) -> dict:
+    """Generate (or reuse) the traces dataset at `cfg.output`; returns the summary."""
+    started = time.monotonic()
+    problems = load_problems(cfg.problems.source, split=cfg.problems.split, columns=cfg.problems.columns,
+                             limit=cfg.problems.limit, shuffle_seed=cfg.problems.shuffle_seed)
+    requests = build_requests(problems, cfg)
+    keys = [(r.id, r.sample) for r in requests]
+    fingerprint = output_fingerprint(cfg)
+    store = TraceStore(cfg.output)
+
+    done = store.complete_summary(fingerprint)
+    if done and done.get("keys_hash") == keys_hash(keys) and not (cfg.retry_failed and done["errors"]):
+        print(f"generate: {cfg.output} is complete for this config ({done['rows']} rows); reusing it")
+        return done
+
+    store.claim(fingerprint, overwrite=cfg.overwrite)
+    status = store.status()
+    pending = [r for r in requests
+               if (r.id, r.sample) not in status or (cfg.retry_failed and not status[(r.id, r.sample)])]
+    skipped = len(requests) - len(pending)
+    if skipped:
+        print(f"generate: resuming, {skipped} of {len(requests)} rows already in {store.shards}")
+
+    stats = RunStats()
+    if pending:
+        by_problem = {row["id"]: row for row in problems}
+        with teacher_urls(cfg) as urls:
+            teacher = make_teacher(cfg.teacher, cfg.sampling, base_urls=urls)
+            name = teacher_name(cfg.teacher)
+            buffer: list[dict] = []
+            bar = tqdm(total=len(pending), unit="sample", desc="generate", disable=not cfg.progress)
+            last_flush = time.monotonic()
+
+            def on_result(result: GenResult) -> None:
+                nonlocal last_flush
+                req = by_key[(result.id, result.sample)]
+                buffer.append(trace_row(by_problem[result.id], req, result, name, cfg))
+                stats.add(result)
+                bar.update(1)
+                bar.set_postfix(stats.postfix(), refresh=False)
+                # flush by size, and by time so a slow run keeps its progress too
+                if len(buffer) >= cfg.shard_size or time.monotonic() - last_flush > 60:
+                    store.write_shard(buffer)
+                    buffer.clear()
+                    last_flush = time.monotonic()
+
+            by_key = {(r.id, r.sample): r for r in pending}
+            try:
+                stats.start = time.monotonic()  # throughput counts generation, not model loading
+                teacher.generate(pending, on_result)
+            finally:
+                if buffer:  # finished rows are complete: keep them even on Ctrl-C or an error
+                    store.write_shard(buffer)
+                bar.close()
+                teacher.close()
+
+    dataset = store.assemble(keys, keep_topk=cfg.sampling.logprobs > 0)
+    summary = summarize(dataset, cfg, stats, wall_s=time.monotonic() - started, reused=skipped)
+    summary.update(keys_hash=keys_hash(keys), fingerprint=fingerprint)
+    store.save_final(dataset, summary)
+    print_summary(summary, cfg.output)
+    if cfg.push_to_hub:
+        dataset.push_to_hub(cfg.push_to_hub)
+        print(f"generate: pushed {len(dataset)} rows to the Hub dataset {cfg.push_to_hub}")
+    return summary
+
+
+def build_messages(problem: str, cfg: GenerateConfig) -> list[dict]:
+    p = cfg.prompt
+    user = p.template.format(problem=problem, instruction=p.instruction).strip()
+    return ([{"role": "system", "content": p.system}] if p.system else []) + [{"role": "user", "content": user}]
+
+
+def sample_seed(seed: int, id_: str, sample: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{id_}:{sample}".encode()).digest()[:4], "little") >> 1
+
+
+def build_requests(problems, cfg: GenerateConfig) -> list[GenRequest]:
+    return [GenRequest(row["id"], s, build_messages(row["problem"], cfg), sample_seed(cfg.sampling.seed, row["id"], s))
+            for row in problems for s in range(cfg.sampling.n)]
+
+
+def output_fingerprint(cfg: GenerateConfig) -> dict:
+    """What decides the content of a row. Leaves out n and the problem subset (asking for more samples or
+    problems reuses the rows already made) and operational knobs (backend, URLs, concurrency)."""
+    s = asdict(cfg.sampling)
+    s.pop("n")
+    return {"problems": {"source": cfg.problems.source, "split": cfg.problems.split, "columns": cfg.problems.columns},
+            "teacher": {"model": cfg.teacher.model, "revision": cfg.teacher.revision, "dtype": cfg.teacher.dtype},
+            "prompt": asdict(cfg.prompt), "sampling": s}
+
+
+def keys_hash(keys: list[Key]) -> str:
+    return hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def teacher_urls(cfg: GenerateConfig):
+    """Base URLs for the openai backend: the configured ones, or a local vLLM server started for the run."""
+    if cfg.teacher.backend == "openai" and cfg.teacher.launch_server:
+        from .teachers.server import LocalVLLMServer
+
+        server = LocalVLLMServer(cfg.teacher, Path(cfg.output) / "server.log", seed=cfg.sampling.seed,
+                                 max_logprobs=cfg.sampling.logprobs)
+        print(f"generate: starting a local vLLM server for {cfg.teacher.model} (log: {server.log_path})")
+        with server as url:
+            yield [url]
+    else:
+        yield list(cfg.teacher.base_urls)
+
+
+def trace_row(problem: dict, req: GenRequest, res: GenResult, teacher: str, cfg: GenerateConfig) -> dict:
+    completion = reasoning = final = None
+    if res.error is None:
+        completion, reasoning, final = split_reasoning(res.completion or "", res.reasoning_field)
+    s = cfg.sampling
+    return {
+        "id": req.id, "sample": req.sample, "problem": problem["problem"], "answer": problem["answer"],
+        "source": problem.get("source"), "teacher": teacher, "messages": req.messages,
+        "completion": completion, "reasoning": reasoning, "final": final, "finish_reason": res.finish_reason,
+        "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
+        "completion_token_ids": res.completion_token_ids, "topk_ids": res.topk_ids,
+        "topk_logprobs": res.topk_logprobs,
+        "sampling": {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed,
+                     "logprobs": s.logprobs},
+        "error": res.error, "retries": res.retries,
+    }
+
+
+class RunStats:
+    """Live counters for the progress bar."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+        self.samples = self.errors = self.tokens = self.retries = 0
+
+    def add(self, r: GenResult) -> None:
+        self.samples += 1
+        self.errors += r.error is not None
+        self.tokens += r.completion_tokens or 0
+        self.retries += r.retries
+
+    def postfix(self) -> dict:
+        dt = max(time.monotonic() - self.start, 1e-9)
+        return {"samples/s": f"{self.samples / dt:.2f}", "tok/s": f"{self.tokens / dt:.0f}", "errors": self.errors}
+
+
+def summarize(dataset, cfg: GenerateConfig, stats: RunStats, *, wall_s: float, reused: int) -> dict:
+    errors = [e for e in dataset["error"] if e is not None]
+    finish = dataset["finish_reason"]
+    out_tokens = sum(t or 0 for t in dataset["completion_tokens"])
+    return {
+        "rows": len(dataset), "problems": len(set(dataset["id"])), "n": cfg.sampling.n,
+        "ok": len(dataset) - len(errors), "errors": len(errors),
+        "error_examples": sorted(set(errors))[:5],
+        "truncated": sum(f == "length" for f in finish),
+        "prompt_tokens": sum(t or 0 for t in dataset["prompt_tokens"]), "completion_tokens": out_tokens,
+        "generated_this_run": stats.samples, "reused_rows": reused, "retries_this_run": stats.retries,
+        "tokens_this_run": stats.tokens, "wall_s": round(wall_s, 2),
+        "tokens_per_s_this_run": round(stats.tokens / max(time.monotonic() - stats.start, 1e-9), 1)
+        if stats.samples else None,
+        "teacher": teacher_name(cfg.teacher), "backend": cfg.teacher.backend,
+    }
+
+
+def print_summary(s: dict, output: str) -> None:
+    print(f"\ngenerate: done -> {output}/dataset")
+    lines = [("rows", f"{s['rows']} ({s['problems']} problems x n={s['n']})"), ("ok", s["ok"]),
+             ("errors", s["errors"]), ("truncated (finish_reason=length)", s["truncated"]),
+             ("tokens in / out", f"{s['prompt_tokens']} / {s['completion_tokens']}"),
+             ("generated this run", f"{s['generated_this_run']} (reused {s['reused_rows']})"),
+             ("wall time", f"{s['wall_s']} s"), ("tokens/s this run", s["tokens_per_s_this_run"])]
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        print(f"  {k:<{width}}  {v}")
+    if s["errors"]:
+        print(f"  failed rows keep their error; retry only them with --generate.retry_failed true. "
+              f"First: {s['error_examples'][0]}")

@@ -1,0 +1,157 @@
+"""Backend for any OpenAI-compatible chat server (vLLM, SGLang, TGI, hosted APIs) via the official async client."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+
+import openai
+
+from ..config import SamplingConfig, TeacherConfig
+from .base import GenRequest, GenResult, OnResult, teacher_name
+
+# Worth another try: the server or the network may recover. Anything else (400, 401, 404) is final.
+RETRYABLE = (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
+
+
+class TeacherServerError(RuntimeError):
+    """The teacher server cannot be used at all (dead, wrong model); a one-line message."""
+
+
+def backoff_seconds(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
+    """Exponential backoff with full jitter (AWS style): spreads retries of many clients apart."""
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+class OpenAITeacher:
+    def __init__(self, cfg: TeacherConfig, sampling: SamplingConfig, *, base_urls: list[str]):
+        if not base_urls:
+            raise TeacherServerError("teacher.backend is 'openai' but teacher.base_urls is empty; "
+                                     "give a server URL (http://host:8000/v1) or set teacher.launch_server: true")
+        self.cfg, self.sampling = cfg, sampling
+        self.name = teacher_name(cfg)
+        self.base_urls = [u.rstrip("/") for u in base_urls]
+        # The key comes from the environment only; servers such as vLLM accept any non-empty key.
+        self.api_key = os.environ.get(cfg.api_key_env) or "EMPTY"
+        self.is_vllm = self._preflight()
+
+    def _preflight(self) -> bool:
+        """Fail fast, in one line, when a server is dead or does not serve the model. Returns: all are vLLM."""
+        owners = set()
+        for url in self.base_urls:
+            client = openai.OpenAI(base_url=url, api_key=self.api_key, timeout=15, max_retries=2)
+            try:
+                models = client.models.list().data
+            except openai.APIConnectionError as e:
+                raise TeacherServerError(f"teacher server {url} is not reachable ({type(e).__name__}); "
+                                         f"start it or fix teacher.base_urls") from None
+            except openai.APIStatusError as e:
+                raise TeacherServerError(f"teacher server {url} answered HTTP {e.status_code} to /models; "
+                                         f"check the URL (it should end in /v1) and {self.cfg.api_key_env}") from None
+            finally:
+                client.close()
+            served = [m.id for m in models]
+            if served and self.cfg.model not in served:
+                raise TeacherServerError(f"teacher server {url} serves {served}, not {self.cfg.model!r}; "
+                                         f"set teacher.model to the served name")
+            owners.update(getattr(m, "owned_by", None) for m in models)
+        return owners == {"vllm"}
+
+    def _request_kwargs(self, req: GenRequest) -> dict:
+        s = self.sampling
+        kwargs = dict(model=self.cfg.model, messages=req.messages, n=1, temperature=s.temperature,
+                      top_p=s.top_p, max_tokens=s.max_tokens)
+        if self.cfg.request_seed:
+            kwargs["seed"] = req.seed
+        if s.logprobs:
+            kwargs.update(logprobs=True, top_logprobs=s.logprobs)
+        if self.is_vllm:  # vLLM extras: the teacher's own token ids, and logprob tokens as ids
+            kwargs["extra_body"] = {"return_token_ids": True, "return_tokens_as_token_ids": True}
+        return kwargs
+
+    def generate(self, requests: list[GenRequest], on_result: OnResult) -> None:
+        asyncio.run(self._run(requests, on_result))
+
+    async def _run(self, requests: list[GenRequest], on_result: OnResult) -> None:
+        clients = [openai.AsyncOpenAI(base_url=u, api_key=self.api_key, timeout=self.cfg.request_timeout,
+                                      max_retries=0) for u in self.base_urls]
+        turn = itertools.count()
+        queue: asyncio.Queue[GenRequest] = asyncio.Queue()
+        for r in requests:
+            queue.put_nowait(r)
+
+        async def worker() -> None:
+            while True:
+                try:
+                    req = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                on_result(await self._one(req, clients, turn))
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(self.cfg.concurrency, len(requests)) or 1)))
+        finally:
+            for c in clients:
+                await c.close()
+
+    async def _one(self, req: GenRequest, clients, turn) -> GenResult:
+        kwargs = self._request_kwargs(req)
+        for attempt in range(self.cfg.max_retries + 1):
+            client = clients[next(turn) % len(clients)]  # a retry goes to the next server
+            try:
+                resp = await client.chat.completions.create(**kwargs)
+                result = parse_response(req, resp)
+                result.retries = attempt
+                return result
+            except RETRYABLE as e:
+                error = f"{type(e).__name__}: {_short(e)}"
+                if attempt < self.cfg.max_retries:
+                    await asyncio.sleep(backoff_seconds(attempt))
+            except openai.APIStatusError as e:  # 4xx other than 429: the request itself is wrong
+                return GenResult(req.id, req.sample, error=f"HTTP {e.status_code}: {_short(e)}", retries=attempt)
+        return GenResult(req.id, req.sample, error=f"{error} (after {self.cfg.max_retries} retries)",
+                         retries=self.cfg.max_retries)
+
+    def close(self) -> None:
+        pass
+
+
+def _short(e: Exception) -> str:
+    return str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+
+
+def _token_id(token: str) -> int | None:
+    # vLLM's return_tokens_as_token_ids writes tokens as "token_id:123"
+    return int(token.split(":", 1)[1]) if token.startswith("token_id:") else None
+
+
+def parse_response(req: GenRequest, resp) -> GenResult:
+    choice = resp.choices[0]
+    msg = choice.message
+    reasoning = getattr(msg, "reasoning", None) or getattr(msg, "reasoning_content", None)
+    token_ids = getattr(choice, "token_ids", None)
+    topk_ids = topk_logprobs = None
+    content_lp = choice.logprobs.content if choice.logprobs and choice.logprobs.content else None
+    if content_lp is not None:
+        if token_ids is None:
+            ids = [_token_id(t.token) for t in content_lp]
+            token_ids = ids if None not in ids else None
+        if content_lp and content_lp[0].top_logprobs:
+            topk_ids = [[_token_id(t.token) for t in pos.top_logprobs] for pos in content_lp]
+            topk_logprobs = [[float(t.logprob) for t in pos.top_logprobs] for pos in content_lp]
+            if any(i is None for row in topk_ids for i in row):
+                topk_ids = None  # a server that cannot name token ids: logprobs without ids are useless for KD
+    usage = resp.usage
+    return GenResult(
+        req.id, req.sample,
+        completion=msg.content or "",
+        reasoning_field=reasoning,
+        finish_reason=choice.finish_reason,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else (len(token_ids) if token_ids else None),
+        completion_token_ids=list(token_ids) if token_ids is not None else None,
+        topk_ids=topk_ids,
+        topk_logprobs=topk_logprobs if topk_ids is not None else None,
+    )

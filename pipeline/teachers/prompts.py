@@ -1,0 +1,16 @@
+"""Render chat messages into prompt token ids with the teacher's own chat template."""
+
+from __future__ import annotations
+
+
+def render_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    # Render to text, then encode without special tokens: the template already wrote them (a second BOS
+    # from the tokenizer would change what the teacher sees).
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def cpu_only() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()

