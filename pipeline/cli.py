@@ -20,10 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_ in STAGES.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("recipe", nargs="?", help="YAML recipe (optional when every required key is overridden)")
-    args, overrides = parser.parse_known_args(argv)
-    if args.recipe and args.recipe.startswith("--"):
-        overrides.insert(0, args.recipe)
-        args.recipe = None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `distill STAGE [RECIPE]` goes to argparse (help, stage names); every --key after it is an override
+    head = argv[:2] if len(argv) > 1 and not argv[1].startswith("-") else argv[:1]
+    if any(a in ("-h", "--help") for a in argv):
+        head = argv
+    args = parser.parse_args(head)
+    overrides = argv[len(head):]
     try:
         recipe = load_recipe(args.recipe, overrides)
         return run_stage(args.stage, recipe)

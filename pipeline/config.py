@@ -175,6 +175,8 @@ def build(cls: type, data: Any, prefix: str):
         if name in data:
             kwargs[name] = _coerce(hints[name], data[name], key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if dataclasses.is_dataclass(hints[name]):
+                build(hints[name], {}, key)  # names the first missing key inside the section
             raise ConfigError(f"missing required key '{key}'")
     return cls(**kwargs)
 

@@ -71,6 +71,7 @@ def run(cfg: GenerateConfig) -> dict:
                 stats.start = time.monotonic()  # throughput counts generation, not model loading
                 teacher.generate(pending, on_result)
             finally:
+                stats.end = time.monotonic()
                 if buffer:  # finished rows are complete: keep them even on Ctrl-C or an error
                     store.write_shard(buffer)
                 bar.close()
@@ -154,6 +155,7 @@ class RunStats:
 
     def __init__(self):
         self.start = time.monotonic()
+        self.end: float | None = None
         self.samples = self.errors = self.tokens = self.retries = 0
 
     def add(self, r: GenResult) -> None:
@@ -162,8 +164,11 @@ class RunStats:
         self.tokens += r.completion_tokens or 0
         self.retries += r.retries
 
+    def seconds(self) -> float:
+        return max((self.end or time.monotonic()) - self.start, 1e-9)
+
     def postfix(self) -> dict:
-        dt = max(time.monotonic() - self.start, 1e-9)
+        dt = self.seconds()
         return {"samples/s": f"{self.samples / dt:.2f}", "tok/s": f"{self.tokens / dt:.0f}", "errors": self.errors}
 
 
@@ -179,8 +184,7 @@ def summarize(dataset, cfg: GenerateConfig, stats: RunStats, *, wall_s: float, r
         "prompt_tokens": sum(t or 0 for t in dataset["prompt_tokens"]), "completion_tokens": out_tokens,
         "generated_this_run": stats.samples, "reused_rows": reused, "retries_this_run": stats.retries,
         "tokens_this_run": stats.tokens, "wall_s": round(wall_s, 2),
-        "tokens_per_s_this_run": round(stats.tokens / max(time.monotonic() - stats.start, 1e-9), 1)
-        if stats.samples else None,
+        "tokens_per_s_this_run": round(stats.tokens / stats.seconds(), 1) if stats.samples else None,
         "teacher": teacher_name(cfg.teacher), "backend": cfg.teacher.backend,
     }
 

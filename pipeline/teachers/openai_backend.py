@@ -102,7 +102,7 @@ class OpenAITeacher:
             client = clients[next(turn) % len(clients)]  # a retry goes to the next server
             try:
                 resp = await client.chat.completions.create(**kwargs)
-                result = parse_response(req, resp)
+                result = parse_response(req, resp, self.sampling.logprobs)
                 result.retries = attempt
                 return result
             except RETRYABLE as e:
@@ -127,7 +127,7 @@ def _token_id(token: str) -> int | None:
     return int(token.split(":", 1)[1]) if token.startswith("token_id:") else None
 
 
-def parse_response(req: GenRequest, resp) -> GenResult:
+def parse_response(req: GenRequest, resp, k: int) -> GenResult:
     choice = resp.choices[0]
     msg = choice.message
     reasoning = getattr(msg, "reasoning", None) or getattr(msg, "reasoning_content", None)
@@ -138,9 +138,11 @@ def parse_response(req: GenRequest, resp) -> GenResult:
         if token_ids is None:
             ids = [_token_id(t.token) for t in content_lp]
             token_ids = ids if None not in ids else None
-        if content_lp and content_lp[0].top_logprobs:
-            topk_ids = [[_token_id(t.token) for t in pos.top_logprobs] for pos in content_lp]
-            topk_logprobs = [[float(t.logprob) for t in pos.top_logprobs] for pos in content_lp]
+        if k and content_lp and content_lp[0].top_logprobs:
+            # vLLM lists the sampled token too when it ranks below k: keep the k most likely, best first
+            tops = [sorted(pos.top_logprobs, key=lambda t: -t.logprob)[:k] for pos in content_lp]
+            topk_ids = [[_token_id(t.token) for t in top] for top in tops]
+            topk_logprobs = [[float(t.logprob) for t in top] for top in tops]
             if any(i is None for row in topk_ids for i in row):
                 topk_ids = None  # a server that cannot name token ids: logprobs without ids are useless for KD
     usage = resp.usage

@@ -50,8 +50,10 @@ class VLLMTeacher:
         if not requests:
             return
         prompts = [TokensPrompt(prompt_token_ids=render_prompt_ids(self.tokenizer, r.messages)) for r in requests]
-        ids = self.llm.enqueue(prompts, [self._params(r) for r in requests], use_tqdm=False)
-        by_id = dict(zip(ids, requests))
+        internal = self.llm.enqueue(prompts, [self._params(r) for r in requests], use_tqdm=False)
+        # enqueue returns internal ids "<external>-<random>"; finished outputs carry the external part
+        by_id = {rid.split("-", 1)[0]: req for rid, req in zip(internal, requests)}
+        internal_of = {rid.split("-", 1)[0]: rid for rid in internal}
         engine = self.llm.llm_engine
         try:
             while engine.has_unfinished_requests():
@@ -60,7 +62,7 @@ class VLLMTeacher:
                         on_result(to_result(by_id.pop(out.request_id), out, self.sampling.logprobs))
         finally:
             if by_id:  # interrupted: drop what is still queued so the engine can be reused or shut down
-                engine.abort_request(list(by_id))
+                engine.abort_request([internal_of[e] for e in by_id], internal=True)
 
     def close(self) -> None:
         engine = getattr(self.llm, "llm_engine", None)

@@ -1,0 +1,61 @@
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import ConfigError, GenerateConfig, load_recipe, parse_overrides
+
+BASE = ["--generate.problems.source", "gsm8k", "--generate.teacher.model", "m", "--generate.output", "out"]
+
+
+def test_recipe_yaml_and_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("generate:\n  problems: {source: gsm8k, limit: 5}\n  teacher: {model: m, backend: openai}\n"
+                      "  output: out\n  sampling: {n: 2, temperature: 0.7}\n")
+    r = load_recipe(recipe, ["--generate.sampling.n", "8", "--generate.sampling.top_p=0.9",
+                             "--generate.teacher.base_urls", "http://a/v1", "--generate.overwrite"])
+    g = r.generate
+    assert isinstance(g, GenerateConfig)
+    assert (g.sampling.n, g.sampling.temperature, g.sampling.top_p) == (8, 0.7, 0.9)
+    assert g.teacher.base_urls == ["http://a/v1"] and g.overwrite is True
+    assert g.problems.limit == 5 and g.teacher.backend == "openai"
+    assert g.prompt.instruction.endswith("\\boxed{}.")  # R1 default
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--generate.sampling.tempreature", "1"], "unknown key 'generate.sampling.tempreature' (did you mean 'temperature'?)"),
+    (["--generate.sampling.n", "many"], "generate.sampling.n: expected an integer, got 'many'"),
+    (["--generate.teacher.backend", "tgi"], "generate.teacher.backend: 'tgi' is not one of vllm, openai, transformers"),
+    (["--generate.overwrite", "maybe"], "generate.overwrite: expected true or false"),
+    (["--generat.output", "x"], "unknown key 'generat' (did you mean 'generate'?)"),
+])
+def test_bad_keys_and_types_name_the_key(args, message):
+    with pytest.raises(ConfigError) as e:
+        load_recipe(None, BASE + args)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_key_lists_valid_choices():
+    with pytest.raises(ConfigError, match="valid keys: n, temperature, top_p, max_tokens, seed, logprobs"):
+        load_recipe(None, BASE + ["--generate.sampling.bogus", "1"])
+
+
+def test_missing_required_key():
+    with pytest.raises(ConfigError, match="missing required key 'generate.teacher.model'"):
+        load_recipe(None, ["--generate.problems.source", "gsm8k", "--generate.output", "o"])
+
+
+def test_parse_overrides_values_are_yaml():
+    assert parse_overrides(["--a.b", "3", "--c=[1, 2]", "--d", "--e", "null"]) == [
+        ("a.b", 3), ("c", [1, 2]), ("d", True), ("e", None)]
+    with pytest.raises(ConfigError, match="unexpected argument"):
+        parse_overrides(["positional"])
+
+
+def test_cli_config_error_is_one_line_and_exit_2(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli", "generate", *BASE, "--generate.sampling.nn", "2"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0
+    assert "unknown key 'generate.sampling.nn' (did you mean 'n'?)" in p.stderr

@@ -1,0 +1,268 @@
+"""The generate stage: backends, schema, reuse/resume, faults. Uses a tiny local model; no downloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+
+from pipeline import generate
+from pipeline.config import load_recipe
+from pipeline.teachers.base import split_reasoning
+from pipeline.teachers.server import free_port
+from pipeline.traces_store import OutputConfigMismatch
+
+from fault_proxy import FaultProxy
+
+EXPECTED_COLUMNS = {"id", "sample", "problem", "answer", "source", "teacher", "messages", "completion", "reasoning",
+                    "final", "finish_reason", "prompt_tokens", "completion_tokens", "completion_token_ids",
+                    "sampling", "error", "retries"}
+
+
+@pytest.fixture()
+def problems_file(tmp_path) -> str:
+    rows = [{"id": f"p{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)]
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def overrides(model: str, problems: str, output: Path, **kv) -> list[str]:
+    base = {"problems.source": problems, "teacher.model": model, "teacher.dtype": "float32", "output": str(output),
+            "sampling.n": 2, "sampling.max_tokens": 12, "teacher.backend": "transformers", "progress": False}
+    base.update(kv)
+    out = []
+    for k, v in base.items():
+        out += [f"--generate.{k}", json.dumps(v) if not isinstance(v, str) else v]
+    return out
+
+
+def config(*args, **kv):
+    return load_recipe(None, overrides(*args, **kv)).generate
+
+
+def load(output: Path) -> datasets.Dataset:
+    return datasets.load_from_disk(str(output / "dataset"))
+
+
+def assert_complete(ds: datasets.Dataset, problems: int, n: int) -> None:
+    keys = list(zip(ds["id"], ds["sample"]))
+    assert len(keys) == len(set(keys)) == problems * n
+    assert set(ds["sample"]) == set(range(n))
+
+
+# ----------------------------------------------------------------------------------------- unit
+
+@pytest.mark.parametrize("text, field, reasoning, final", [
+    ("<think>\nadd them\n</think>\n\nSo \\boxed{4}", None, "add them", "So \\boxed{4}"),
+    ("<think>still thinking", None, "still thinking", ""),  # truncated inside the reasoning
+    ("add them</think>\\boxed{4}", None, "add them", "\\boxed{4}"),  # template put <think> in the prompt
+    ("The answer is \\boxed{4}", None, "", "The answer is \\boxed{4}"),  # non-reasoning teacher
+    ("\\boxed{4}", "server-side reasoning", "server-side reasoning", "\\boxed{4}"),
+])
+def test_split_reasoning(text, field, reasoning, final):
+    completion, r, f = split_reasoning(text, field)
+    assert (r, f) == (reasoning, final)
+    assert reasoning in completion and final in completion
+
+
+def test_prompt_uses_instruction_and_system(tiny_model, problems_file, tmp_path):
+    cfg = config(tiny_model, problems_file, tmp_path / "o", **{"prompt.system": "Be brief."})
+    msgs = generate.build_messages("What is 1 + 1?", cfg)
+    assert msgs[0] == {"role": "system", "content": "Be brief."}
+    assert msgs[1]["content"] == "What is 1 + 1?\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+
+# ------------------------------------------------------------------------------ transformers backend
+
+def test_transformers_backend_schema_and_topk(tiny_model, problems_file, tmp_path):
+    out = tmp_path / "out"
+    summary = generate.run(config(tiny_model, problems_file, out, **{"sampling.logprobs": 3}))
+    ds = load(out)
+    assert set(ds.column_names) == EXPECTED_COLUMNS | {"topk_ids", "topk_logprobs"}
+    assert_complete(ds, 4, 2)
+    assert summary["rows"] == 8 and summary["errors"] == 0
+    assert summary["completion_tokens"] == sum(ds["completion_tokens"]) > 0
+    for row in ds:
+        assert row["messages"][-1]["role"] == "user" and row["problem"] in row["messages"][-1]["content"]
+        assert len(row["completion_token_ids"]) == row["completion_tokens"] == len(row["topk_ids"])
+        assert all(len(ids) == 3 for ids in row["topk_ids"])
+        assert all(a >= b for lps in row["topk_logprobs"] for a, b in zip(lps, lps[1:]))  # best first
+        assert row["finish_reason"] in ("stop", "length") and row["prompt_tokens"] > 0
+
+
+def test_no_logprobs_means_no_topk_columns(tiny_model, problems_file, tmp_path):
+    generate.run(config(tiny_model, problems_file, tmp_path / "out"))
+    assert set(load(tmp_path / "out").column_names) == EXPECTED_COLUMNS
+
+
+def test_finished_output_is_reused_and_config_change_is_refused(tiny_model, problems_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    generate.run(config(tiny_model, problems_file, out))
+    shards = sorted(p.name for p in (out / "shards").iterdir())
+    again = generate.run(config(tiny_model, problems_file, out))
+    assert "reusing it" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "shards").iterdir()) == shards and again["rows"] == 8
+
+    with pytest.raises(OutputConfigMismatch, match=r"changed: sampling.temperature 0.6 -> 0.9.*overwrite"):
+        generate.run(config(tiny_model, problems_file, out, **{"sampling.temperature": 0.9}))
+    assert load(out).num_rows == 8  # the refused run touched nothing
+
+    summary = generate.run(config(tiny_model, problems_file, out, **{"sampling.temperature": 0.9, "overwrite": True}))
+    assert summary["generated_this_run"] == 8 and summary["reused_rows"] == 0
+
+
+def test_more_samples_only_asks_for_the_new_ones(tiny_model, problems_file, tmp_path):
+    out = tmp_path / "out"
+    generate.run(config(tiny_model, problems_file, out))
+    first = load(out).to_pandas().set_index(["id", "sample"])["completion"]
+    summary = generate.run(config(tiny_model, problems_file, out, **{"sampling.n": 3}))
+    assert summary["generated_this_run"] == 4 and summary["reused_rows"] == 8
+    ds = load(out)
+    assert_complete(ds, 4, 3)
+    again = ds.to_pandas().set_index(["id", "sample"])["completion"]
+    assert all(again[k] == v for k, v in first.items())  # old rows kept as they were
+
+
+# --------------------------------------------------------------------------- openai backend, real vLLM
+
+@pytest.mark.slow
+def test_openai_backend_real_vllm_server_with_topk(vllm_server, tiny_model, problems_file, tmp_path):
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "out"
+    cfg = config(tiny_model, problems_file, out, **{"teacher.backend": "openai", "teacher.base_urls": [vllm_server],
+                                                    "sampling.logprobs": 4, "teacher.concurrency": 4})
+    summary = generate.run(cfg)
+    ds = load(out)
+    assert_complete(ds, 4, 2)
+    assert summary["errors"] == 0 and summary["backend"] == "openai"
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    for row in ds:
+        ids = row["completion_token_ids"]
+        assert len(ids) == row["completion_tokens"] == len(row["topk_ids"]) > 0
+        assert all(len(k) == 4 for k in row["topk_ids"])
+        assert all(a >= b for lps in row["topk_logprobs"] for a, b in zip(lps, lps[1:]))
+        # the stored ids are the teacher's own tokens of this completion
+        assert tok.decode(ids, skip_special_tokens=True) == row["completion"]
+        prompt = tok.apply_chat_template(row["messages"], tokenize=False, add_generation_prompt=True)
+        assert row["prompt_tokens"] == len(tok(prompt, add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.slow
+def test_openai_backend_survives_injected_faults(vllm_server, tiny_model, problems_file, tmp_path):
+    upstream = vllm_server.removesuffix("/v1")
+    plan = ["500", "pass", "drop", "429", "pass", "503", "slow", "pass"]
+    with FaultProxy(upstream, plan=plan, delay_s=3.0, retry_after_ms=1) as proxy:
+        cfg = config(tiny_model, problems_file, tmp_path / "out",
+                     **{"teacher.backend": "openai", "teacher.base_urls": [proxy.url + "/v1"],
+                        "teacher.request_timeout": 1.0, "teacher.max_retries": 8, "teacher.concurrency": 3})
+        summary = generate.run(cfg)
+    assert summary["errors"] == 0 and summary["rows"] == 8
+    assert summary["retries_this_run"] >= sum(proxy.counts[a] for a in ("500", "drop", "429", "503", "slow")) > 0
+    assert_complete(load(tmp_path / "out"), 4, 2)
+
+
+@pytest.mark.slow
+def test_rows_that_keep_failing_are_marked_then_retried(vllm_server, tiny_model, problems_file, tmp_path):
+    out = tmp_path / "out"
+    upstream = vllm_server.removesuffix("/v1")
+    common = {"teacher.backend": "openai", "teacher.max_retries": 1}
+    with FaultProxy(upstream, plan=lambda i, path: "500" if i % 3 else "pass", retry_after_ms=1) as proxy:
+        summary = generate.run(config(tiny_model, problems_file, out, **common,
+                                      **{"teacher.base_urls": [proxy.url + "/v1"], "teacher.concurrency": 1}))
+    ds = load(out)
+    assert_complete(ds, 4, 2)  # failed rows are kept, with their error
+    failed = [e for e in ds["error"] if e]
+    assert summary["errors"] == len(failed) > 0 and all("InternalServerError" in e for e in failed)
+    assert all(c is None for c, e in zip(ds["completion"], ds["error"]) if e)
+
+    # a plain rerun does not re-ask them; --retry_failed asks only for them
+    assert generate.run(config(tiny_model, problems_file, out, **common,
+                               **{"teacher.base_urls": [vllm_server]}))["generated_this_run"] == 0
+    summary = generate.run(config(tiny_model, problems_file, out, **common,
+                                  **{"teacher.base_urls": [vllm_server], "retry_failed": True}))
+    assert summary["generated_this_run"] == len(failed) and summary["errors"] == 0
+    assert_complete(load(out), 4, 2)
+
+
+def test_dead_server_is_a_one_line_error_naming_the_url(tiny_model, problems_file, tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli", "generate",
+                        *overrides(tiny_model, problems_file, tmp_path / "o", **{"teacher.backend": "openai",
+                                                                                 "teacher.base_urls": [url]})],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    assert p.stderr.strip().count("\n") == 0 and url in p.stderr and "not reachable" in p.stderr
+
+
+# ------------------------------------------------------------------------------------ resume after kill
+
+def _cli(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "generate", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _wait_for_shards(out: Path, count: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list((out / "shards").glob("*.parquet"))) >= count if (out / "shards").exists() else False:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"generate ended early: {proc.stdout.read()[-2000:]}")
+        time.sleep(0.2)
+    raise AssertionError("no shards appeared in time")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_resume_after_kill_has_every_row_exactly_once(sig, vllm_server, tiny_model, problems_file, tmp_path):
+    out = tmp_path / "out"
+    upstream = vllm_server.removesuffix("/v1")
+    with FaultProxy(upstream, plan=["slow"], delay_s=0.4) as proxy:
+        args = overrides(tiny_model, problems_file, out, **{
+            "teacher.backend": "openai", "teacher.base_urls": [proxy.url + "/v1"], "teacher.concurrency": 1,
+            "shard_size": 1, "sampling.n": 3})
+        proc = _cli(args)
+        _wait_for_shards(out, 3, proc)
+        proc.send_signal(sig)
+        log = proc.communicate(timeout=60)[0]
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130 and "rerun the same command to continue" in log
+        assert not (out / "dataset").exists() and not (out / "summary.json").exists()  # nothing looks complete
+        saved = len(datasets.load_dataset("parquet", data_files=str(out / "shards" / "*.parquet"))["train"])
+        assert 3 <= saved < 12
+
+        proc = _cli(args)
+        log = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, log
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reused_rows"] == saved and summary["generated_this_run"] == 12 - saved
+    assert_complete(load(out), 4, 3)
+
+
+# --------------------------------------------------------------------------------- in-process vLLM
+
+@pytest.mark.slow
+def test_vllm_backend_in_process(tiny_model, problems_file, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli", "generate",
+                        *overrides(tiny_model, problems_file, out, **{"teacher.backend": "vllm",
+                                                                      "teacher.enforce_eager": True,
+                                                                      "teacher.max_model_len": 1024,
+                                                                      "sampling.logprobs": 2})],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    ds = load(out)
+    assert_complete(ds, 4, 2)
+    for row in ds:
+        assert len(row["completion_token_ids"]) == row["completion_tokens"] == len(row["topk_logprobs"])
+        assert all(len(k) == 2 and k[0] >= k[1] for k in row["topk_logprobs"])
