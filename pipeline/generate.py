@@ -33,7 +33,7 @@ def run(cfg: GenerateConfig) -> dict:
     done = store.complete_summary(fingerprint)
     if done and done.get("keys_hash") == keys_hash(keys) and not (cfg.retry_failed and done["errors"]):
         print(f"generate: {cfg.output} is complete for this config ({done['rows']} rows); reusing it")
-        return done
+        return {**done, "generated_this_run": 0, "reused_rows": done["rows"], "reused": True}
 
     store.claim(fingerprint, overwrite=cfg.overwrite)
     status = store.status()

@@ -150,8 +150,9 @@ def test_openai_backend_real_vllm_server_with_topk(vllm_server, tiny_model, prob
         assert len(ids) == row["completion_tokens"] == len(row["topk_ids"]) > 0
         assert all(len(k) == 4 for k in row["topk_ids"])
         assert all(a >= b for lps in row["topk_logprobs"] for a, b in zip(lps, lps[1:]))
-        # the stored ids are the teacher's own tokens of this completion
-        assert tok.decode(ids, skip_special_tokens=True) == row["completion"]
+        # the stored ids are the teacher's own tokens of this completion (vLLM holds back a trailing
+        # incomplete UTF-8 character, which random tiny-model text often ends with)
+        assert tok.decode(ids, skip_special_tokens=True).rstrip("\ufffd") == row["completion"].rstrip("\ufffd")
         prompt = tok.apply_chat_template(row["messages"], tokenize=False, add_generation_prompt=True)
         assert row["prompt_tokens"] == len(tok(prompt, add_special_tokens=False)["input_ids"])
 
