@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .config import ConfigError, load_recipe
@@ -13,6 +14,8 @@ STAGES = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    # vLLM logs every engine detail at INFO; keep the stage's own output readable unless asked otherwise
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     parser = argparse.ArgumentParser(
         prog="distill", description="Distil reasoning from a teacher LLM into a small student.",
         epilog="Any recipe key can be overridden: --generate.sampling.n 8 --generate.teacher.backend openai")

@@ -123,9 +123,17 @@ class TraceStore:
         return datasets.Dataset(table)
 
     def save_final(self, dataset, summary: dict) -> None:
+        from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+
         tmp = self.root / f".dataset.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        dataset.save_to_disk(str(tmp))
+        was_enabled = is_progress_bar_enabled()
+        disable_progress_bar()  # a bar for a sub-second save is noise under the stage's own bar
+        try:
+            dataset.save_to_disk(str(tmp))
+        finally:
+            if was_enabled:
+                enable_progress_bar()
         self.summary_path.unlink(missing_ok=True)  # not complete while the dataset is being swapped
         shutil.rmtree(self.dataset_dir, ignore_errors=True)
         os.replace(tmp, self.dataset_dir)

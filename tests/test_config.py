@@ -59,3 +59,12 @@ def test_cli_config_error_is_one_line_and_exit_2(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0
     assert "unknown key 'generate.sampling.nn' (did you mean 'n'?)" in p.stderr
+
+
+def test_every_shipped_recipe_loads():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        assert load_recipe(path).generate is not None, path
