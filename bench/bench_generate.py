@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 TARGET = 0.95
+DISTURBED = 0.05
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -70,8 +71,48 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------------------ helpers
 
+class ForeignCPU:
+    """CPU seconds spent by processes outside this benchmark's own process tree (another engineer's tests,
+    say) while a run was timed: system-wide busy time minus what this process and its children used."""
+
+    def __init__(self):
+        import psutil
+
+        self.psutil = psutil
+        self.start = self._sample()
+
+    def _own(self) -> float:
+        me = self.psutil.Process()
+        total = 0.0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+                pass
+        return total
+
+    def _sample(self) -> tuple[float, float]:
+        t = self.psutil.cpu_times()
+        busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
+        return busy, self._own()
+
+    def seconds(self) -> float:
+        busy, own = self._sample()
+        return max(0.0, (busy - self.start[0]) - (own - self.start[1]))
+
+
+def measured(fn):
+    """Call fn() -> Run and attach the foreign CPU seconds seen meanwhile."""
+    probe = ForeignCPU()
+    run = fn()
+    run.foreign_cpu_s = probe.seconds()
+    return run
+
+
 class Run:
     """One timed run of one path."""
+    foreign_cpu_s = 0.0
 
     def __init__(self, samples: int, tokens: int, seconds: float, **extra):
         self.samples, self.tokens, self.seconds, self.extra = samples, tokens, seconds, extra
@@ -80,9 +121,10 @@ class Run:
     def tok_s(self) -> float:
         return self.tokens / self.seconds
 
-    def as_dict(self) -> dict:
-        return {"samples": self.samples, "tokens": self.tokens, "seconds": round(self.seconds, 4),
-                "tok_s": round(self.tok_s, 1), **self.extra}
+    @property
+    def disturbed(self) -> bool:
+        # more than 5% of the machine's CPU went to other processes while this run was timed
+        return self.foreign_cpu_s > DISTURBED * self.seconds * (os.cpu_count() or 1)
 
 
 def median_row(label: str, runs: list[Run], note: str = "") -> dict:
@@ -91,7 +133,9 @@ def median_row(label: str, runs: list[Run], note: str = "") -> dict:
             "seconds": statistics.median(r.seconds for r in runs),
             "tok_s": statistics.median(r.tok_s for r in runs),
             "samples_s": statistics.median(r.samples / r.seconds for r in runs),
-            "runs_tok_s": [round(r.tok_s, 1) for r in runs], "note": note}
+            "runs_tok_s": [round(r.tok_s, 1) for r in runs],
+            "runs_foreign_cpu_s": [round(r.foreign_cpu_s, 2) for r in runs],
+            "disturbed_runs": sum(r.disturbed for r in runs), "note": note}
 
 
 def make_cfg(args, model: str, output: Path, backend: str, base_urls=()):
@@ -164,6 +208,13 @@ def run_pipeline(cfg, make, verbose: bool) -> Run:
                pipeline_reported_tok_s=summary["tokens_per_s_this_run"])
 
 
+def whole_run(r: Run) -> Run:
+    """The same pipeline run, timed on the whole generate.run instead of teacher.generate."""
+    w = Run(r.samples, r.tokens, r.extra["e2e_s"])
+    w.foreign_cpu_s = r.foreign_cpu_s
+    return w
+
+
 def alternate(repeats: int, paths: dict) -> dict[str, list[Run]]:
     """Run every path `repeats` times, rotating the order each repeat (ABC, BCA, CAB ...)."""
     names = list(paths)
@@ -171,10 +222,11 @@ def alternate(repeats: int, paths: dict) -> dict[str, list[Run]]:
     for i in range(repeats):
         order = names[i % len(names):] + names[:i % len(names)]
         for name in order:
-            r = paths[name]()
+            r = measured(paths[name])
             out[name].append(r)
             print(f"  repeat {i + 1}/{repeats}  {name:<28} {r.samples:>5} samples {r.tokens:>7} tok "
-                  f"{r.seconds:7.2f} s  {r.tok_s:8.1f} tok/s" +
+                  f"{r.seconds:7.2f} s  {r.tok_s:8.1f} tok/s  foreign CPU {r.foreign_cpu_s:5.2f} s" +
+                  ("  DISTURBED" if r.disturbed else "") +
                   (f"   (generate.run wall {r.extra['e2e_s']:.2f} s)" if "e2e_s" in r.extra else ""), flush=True)
     return out
 
@@ -237,7 +289,7 @@ def bench_vllm(args, model: str, work: Path) -> list[dict]:
         del llm
 
     a, b, b2 = runs["(a) pipeline generate.run"], runs["(b) bare llm.generate n=N"], runs["(b') bare n=1 x N copies"]
-    a_e2e = [Run(r.samples, r.tokens, r.extra["e2e_s"]) for r in a]
+    a_e2e = [whole_run(r) for r in a]
     rows = [
         median_row("(a) pipeline, vllm: teacher.generate", a, "render + engine loop + on_result + shard writes"),
         median_row("(a) pipeline, vllm: whole generate.run", a_e2e, "+ load problems, final shard, assemble, save"),
@@ -316,7 +368,7 @@ def bench_openai(args, model: str, work: Path) -> list[dict]:
         })
 
     c, d = runs["(c) pipeline generate.run"], runs["(d) bare AsyncOpenAI"]
-    c_e2e = [Run(r.samples, r.tokens, r.extra["e2e_s"]) for r in c]
+    c_e2e = [whole_run(r) for r in c]
     rows = [
         median_row("(c) pipeline, openai: teacher.generate", c, "requests + parse + on_result + shard writes"),
         median_row("(c) pipeline, openai: whole generate.run", c_e2e, "+ preflight, load, assemble, save"),
@@ -349,7 +401,13 @@ def print_table(rows: list[dict]) -> None:
             extra += f", per-repeat ratios {r['paired_ratios']}"
         if "pipeline_reported_tok_s" in r:
             extra += f", pipeline's own tokens_per_s_this_run {r['pipeline_reported_tok_s']}"
+        if r["disturbed_runs"]:
+            extra += f", {r['disturbed_runs']} disturbed run(s) (foreign CPU s {r['runs_foreign_cpu_s']})"
         print(f"  {r['path']}: {r['note']}.{extra}")
+    disturbed = sum(r["disturbed_runs"] for r in rows)
+    if disturbed:
+        print(f"\nWARNING: {disturbed} timed run(s) shared the machine with other processes (more than "
+              f"{DISTURBED:.0%} of its CPU went elsewhere): the figures are noisy, rerun on a quiet machine.")
 
 
 def main(argv=None) -> int:

@@ -267,3 +267,46 @@ def test_vllm_backend_in_process(tiny_model, problems_file, tmp_path):
     for row in ds:
         assert len(row["completion_token_ids"]) == row["completion_tokens"] == len(row["topk_logprobs"])
         assert all(len(k) == 2 and k[0] >= k[1] for k in row["topk_logprobs"])
+
+
+def test_openai_response_with_separate_reasoning_field_and_token_id_logprobs():
+    """A reasoning-parser server (vLLM --reasoning-parser, SGLang) returns reasoning apart from content."""
+    from openai.types.chat import ChatCompletion
+
+    from pipeline.teachers.base import GenRequest
+    from pipeline.teachers.openai_backend import parse_response
+
+    top = lambda *pairs: [{"token": f"token_id:{i}", "logprob": lp, "bytes": None} for i, lp in pairs]
+    resp = ChatCompletion.model_validate({
+        "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop", "token_ids": [7, 9],
+                     "message": {"role": "assistant", "content": "\\boxed{4}", "reasoning": "2+2 is 4"},
+                     "logprobs": {"content": [
+                         # the sampled token (id 7) ranks third: vLLM lists it first, beyond the top-2
+                         {"token": "token_id:7", "logprob": -2.0, "bytes": None,
+                          "top_logprobs": top((7, -2.0), (3, -0.5), (5, -1.0))},
+                         {"token": "token_id:9", "logprob": -0.1, "bytes": None,
+                          "top_logprobs": top((9, -0.1), (4, -3.0))}]}}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}})
+    r = parse_response(GenRequest("p", 0, [], 0), resp, k=2)
+    assert (r.completion, r.reasoning_field, r.finish_reason) == ("\\boxed{4}", "2+2 is 4", "stop")
+    assert r.completion_token_ids == [7, 9] and (r.prompt_tokens, r.completion_tokens) == (11, 2)
+    assert r.topk_ids == [[3, 5], [9, 4]] and r.topk_logprobs == [[-0.5, -1.0], [-0.1, -3.0]]
+    completion, reasoning, final = split_reasoning(r.completion, r.reasoning_field)
+    assert (reasoning, final) == ("2+2 is 4", "\\boxed{4}") and completion.startswith("<think>\n2+2 is 4")
+
+
+@pytest.mark.slow
+def test_launch_server_starts_and_stops_a_local_vllm(tiny_model, problems_file, tmp_path):
+    import urllib.request
+
+    out = tmp_path / "out"
+    port = free_port()
+    cfg = config(tiny_model, problems_file, out, **{
+        "teacher.backend": "openai", "teacher.launch_server": True, "teacher.server_port": port,
+        "teacher.enforce_eager": True, "teacher.max_model_len": 1024, "teacher.kv_cache_gb": 1})
+    summary = generate.run(cfg)
+    assert summary["rows"] == 8 and summary["errors"] == 0
+    assert "Application startup complete" in (out / "server.log").read_text()
+    with pytest.raises(OSError):  # stopped at the end: nothing listens on its port any more
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
