@@ -61,7 +61,8 @@ def run_stage(stage: str, recipe) -> int:
 
         try:
             generate.run(section)
-        except (TeacherServerError, ServerStartError, OutputConfigMismatch, ValueError, FileNotFoundError) as e:
+        except (TeacherServerError, ServerStartError, OutputConfigMismatch, ValueError, FileNotFoundError,
+                ImportError) as e:
             raise StageError(str(e)) from None
     return 0
 

@@ -310,3 +310,13 @@ def test_launch_server_starts_and_stops_a_local_vllm(tiny_model, problems_file, 
     assert "Application startup complete" in (out / "server.log").read_text()
     with pytest.raises(OSError):  # stopped at the end: nothing listens on its port any more
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_bad_problems_file_is_a_one_line_error_before_any_work(tiny_model, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "problem": "1+1?", "answer": "2"}\n{"id": "b", "problem": "  ", "answer": "3"}\n')
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli", "generate",
+                        *overrides(tiny_model, str(bad), tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and p.stderr.strip().count("\n") == 0
+    assert "line 2" in p.stderr and "problem" in p.stderr
+    assert not (tmp_path / "o").exists()

