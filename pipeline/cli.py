@@ -10,6 +10,7 @@ from .config import ConfigError, load_recipe
 
 STAGES = {
     "generate": "teacher writes chain-of-thought traces for a problem set -> traces dataset",
+    "filter": "keep verified-correct, well-formed, deduplicated traces -> chat training set + report",
 }
 
 
@@ -63,6 +64,15 @@ def run_stage(stage: str, recipe) -> int:
             generate.run(section)
         except (TeacherServerError, ServerStartError, OutputConfigMismatch, ValueError, FileNotFoundError,
                 ImportError) as e:
+            raise StageError(str(e)) from None
+    elif stage == "filter":
+        from . import filter as filter_stage
+
+        if section.input is None and recipe.generate is not None:
+            section.input = recipe.generate.output  # the traces this recipe generates
+        try:
+            filter_stage.run(section)
+        except (ValueError, FileNotFoundError) as e:
             raise StageError(str(e)) from None
     return 0
 

@@ -95,8 +95,43 @@ class GenerateConfig:
 
 
 @dataclass
+class VerifyConfig:
+    timeout_s: float = 5.0  # wall-clock limit per answer check (a hung check is killed, not waited for)
+    workers: int | None = None  # verification processes (default: all cores)
+    fallbacks: list[Literal["answer_is", "last_number"]] = field(default_factory=lambda: ["answer_is", "last_number"])
+
+
+@dataclass
+class FilterConfig:
+    output: str  # folder of the training dataset and its report
+    input: str | None = None  # traces: a generate output folder, a save_to_disk folder or a Hub id (default: generate.output)
+    require_correct: bool = True  # the final answer verifies equal to the gold answer
+    require_complete: bool = True  # finish_reason == stop (not truncated)
+    require_reasoning: bool = True  # a non-empty reasoning block (turn off for non-reasoning teachers)
+    check_format: bool = True  # balanced think tags, one final answer
+    min_tokens: int | None = None  # completion length bounds, in teacher tokens
+    max_tokens: int | None = None
+    max_repeat_ratio: float | None = 0.5  # drop degenerate loops: share of repeated word n-grams (null: off)
+    repeat_ngram: int = 8
+    dedup: bool = True  # drop exact duplicate traces of a problem
+    near_dup_threshold: float | None = 0.9  # Jaccard similarity of word 5-gram sets within a problem (null: off)
+    decontaminate: list[str] = field(default_factory=list)  # benchmarks whose problems must not be trained on
+    decontam_ngram: int = 8  # shared word n-gram length that flags a problem
+    pass_rate_min: float | None = None  # keep problems the teacher solves in [min, max] of its samples
+    pass_rate_max: float | None = None
+    max_per_problem: int | None = None  # keep at most k traces per problem ...
+    selection: Literal["shortest", "random", "all"] = "shortest"  # ... chosen this way (all: no cap)
+    seed: int = 0
+    user_turn: Literal["problem", "prompt"] = "problem"  # the training prompt: the bare problem, or the prompt as sent
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
 class Recipe:
     generate: GenerateConfig | None = None
+    filter: FilterConfig | None = None
 
 
 # --------------------------------------------------------------------------------------------- loading

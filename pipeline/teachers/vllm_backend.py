@@ -49,7 +49,10 @@ class VLLMTeacher:
 
         if not requests:
             return
-        prompts = [TokensPrompt(prompt_token_ids=render_prompt_ids(self.tokenizer, r.messages)) for r in requests]
+        rendered: dict[str, list[int]] = {}  # samples of a problem share its prompt: render it once
+        prompts = [TokensPrompt(prompt_token_ids=rendered.get(r.id) or
+                                rendered.setdefault(r.id, render_prompt_ids(self.tokenizer, r.messages)))
+                   for r in requests]
         internal = self.llm.enqueue(prompts, [self._params(r) for r in requests], use_tqdm=False)
         # enqueue returns internal ids "<external>-<random>"; finished outputs carry the external part
         by_id = {rid.split("-", 1)[0]: req for rid, req in zip(internal, requests)}

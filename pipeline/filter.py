@@ -1,0 +1,264 @@
+"""Stage `filter`: teacher traces -> a chat-format training set of verified, well-formed, deduplicated
+traces, and a report that says why every other row was dropped.
+
+    distill filter recipes/demo.yaml --filter.max_per_problem 1
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import statistics
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import datasets
+
+from . import trace_checks as checks
+from .config import FilterConfig, config_hash
+from .data import load_problems
+from .filter_report import write_report
+from .traces_store import atomic_write_text
+
+# column -> accepted Arrow-backed Python types, for the one-line schema error
+REQUIRED = {"id": "string", "sample": "int", "problem": "string", "answer": "string", "completion": "string",
+            "reasoning": "string", "final": "string", "finish_reason": "string"}
+KD_COLUMNS = ("completion_token_ids", "topk_ids", "topk_logprobs")
+REASONS = ("generation error", "contaminated", "truncated", "no reasoning", "malformed", "too short", "too long",
+           "repetitive", "incorrect", "duplicate", "pass rate out of band", "over per-problem cap")
+
+
+class FilterError(ValueError):
+    pass
+
+
+def run(cfg: FilterConfig) -> dict:
+    if not cfg.input:
+        raise FilterError("filter.input is not set (and the recipe has no generate section to take it from)")
+    traces = load_traces(cfg.input)
+    check_schema(traces, cfg.input)
+    out = Path(cfg.output)
+    fingerprint = {"config": filter_fingerprint(cfg), "input": traces._fingerprint}
+    report_path = out / "report.json"
+    if report_path.exists():
+        old = json.loads(report_path.read_text())
+        if old.get("fingerprint") == fingerprint and (out / "dataset").exists():
+            print(f"filter: {out} is up to date with its input and config; reusing it")
+            return old
+        if not cfg.overwrite:
+            raise FilterError(f"{out} holds a filter result for another input or config; pass "
+                              f"--filter.overwrite true to replace it, or choose another filter.output")
+
+    cols = {c: traces[c] for c in traces.column_names if c not in ("topk_ids", "topk_logprobs")}
+    n = len(traces)
+    first_reason: list[str | None] = [None] * n
+    failing = Counter()
+
+    def fail(i: int, reason: str) -> None:
+        failing[reason] += 1
+        if first_reason[i] is None:
+            first_reason[i] = reason
+
+    # ---- row-level checks (every check is counted on every row; the first failure is the row's reason)
+    errors = cols.get("error") or [None] * n
+    contamination = decontamination_hits(cols["id"], cols["problem"], cfg)
+    flagged = {h["id"] for h in contamination}
+    tokens = token_counts(cols, n)
+    from .verify import verify_many
+
+    finals = [f or "" for f in cols["final"]]
+    verdicts = verify_many([str(a) for a in cols["answer"]], finals, timeout_s=cfg.verify.timeout_s,
+                           workers=cfg.verify.workers, fallbacks=tuple(cfg.verify.fallbacks), progress=cfg.progress)
+    for i in range(n):
+        completion = cols["completion"][i] or ""
+        reasoning, final = cols["reasoning"][i] or "", cols["final"][i] or ""
+        if errors[i] is not None:
+            fail(i, "generation error")
+        if cols["id"][i] in flagged:
+            fail(i, "contaminated")
+        if cfg.require_complete and cols["finish_reason"][i] != "stop":
+            fail(i, "truncated")
+        if cfg.require_reasoning and not reasoning.strip():
+            fail(i, "no reasoning")
+        if cfg.check_format and errors[i] is None and checks.format_problem(completion, reasoning, final):
+            fail(i, "malformed")
+        if cfg.min_tokens is not None and tokens[i] < cfg.min_tokens:
+            fail(i, "too short")
+        if cfg.max_tokens is not None and tokens[i] > cfg.max_tokens:
+            fail(i, "too long")
+        if cfg.max_repeat_ratio is not None and checks.repeat_ratio(completion, cfg.repeat_ngram) > cfg.max_repeat_ratio:
+            fail(i, "repetitive")
+        if cfg.require_correct and not verdicts[i].correct:
+            fail(i, "incorrect")
+
+    # ---- problem-level: pass rate over all of the teacher's samples of a problem
+    by_problem = checks.group_by(cols["id"])
+    pass_rate = {pid: sum(verdicts[i].correct for i in rows) / len(rows) for pid, rows in by_problem.items()}
+
+    # ---- among the rows still standing: duplicates, pass-rate band, per-problem cap
+    rng = random.Random(cfg.seed)
+    for pid, rows in by_problem.items():
+        alive = [i for i in rows if first_reason[i] is None]
+        if cfg.dedup and alive:
+            dups = checks.duplicate_groups([cols["completion"][i] for i in alive], cfg.near_dup_threshold)
+            for i, dup in zip(alive, dups):
+                if dup is not None:
+                    fail(i, "duplicate")
+            alive = [i for i in alive if first_reason[i] is None]
+        lo, hi = cfg.pass_rate_min, cfg.pass_rate_max
+        if (lo is not None and pass_rate[pid] < lo) or (hi is not None and pass_rate[pid] > hi):
+            for i in alive:
+                fail(i, "pass rate out of band")
+            alive = []
+        if cfg.selection != "all" and cfg.max_per_problem is not None and len(alive) > cfg.max_per_problem:
+            ranked = sorted(alive, key=lambda i: (tokens[i], i)) if cfg.selection == "shortest" \
+                else rng.sample(alive, len(alive))
+            for i in ranked[cfg.max_per_problem:]:
+                fail(i, "over per-problem cap")
+
+    kept = [i for i in range(n) if first_reason[i] is None]
+    train = build_training_set(traces, kept, verdicts, cfg)
+    report = {
+        "fingerprint": fingerprint, "input": cfg.input, "output": str(out),
+        "rows_in": n, "rows_kept": len(kept), "problems_in": len(by_problem),
+        "problems_kept": len({cols["id"][i] for i in kept}),
+        "rejected": {r: c for r in REASONS if (c := sum(x == r for x in first_reason))},
+        "failing_checks": {r: failing[r] for r in REASONS if failing[r]},
+        "verify_reasons": dict(Counter(v.reason for v in verdicts)),
+        "teacher_pass_at_1": round(statistics.fmean(pass_rate.values()), 4) if pass_rate else None,
+        "teacher_sample_accuracy": round(sum(v.correct for v in verdicts) / n, 4) if n else None,
+        "pass_rates": pass_rate,
+        "kept_tokens": summarize_lengths([tokens[i] for i in kept]),
+        "decontamination": {"benchmarks": list(cfg.decontaminate), "ngram": cfg.decontam_ngram,
+                            "problems_flagged": len(flagged), "hits": contamination},
+        "config": asdict(cfg),
+    }
+    save(out, train, report, kept_tokens=[tokens[i] for i in kept])
+    print_summary(report)
+    return report
+
+
+def load_traces(source: str) -> datasets.Dataset:
+    path = Path(source)
+    if path.exists():
+        if (path / "dataset").is_dir():
+            path = path / "dataset"
+        elif (path / "shards").is_dir():
+            raise FilterError(f"{source} is an unfinished generate output (no dataset/ yet); "
+                              f"finish it by rerunning distill generate")
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except FileNotFoundError:
+            raise FilterError(f"{source} is not a dataset folder (expected a distill generate output "
+                              f"or a save_to_disk folder)") from None
+    else:
+        ds = datasets.load_dataset(source, split="train")
+    if isinstance(ds, datasets.DatasetDict):
+        raise FilterError(f"{source} holds several splits ({', '.join(ds)}); point filter.input at one")
+    return ds
+
+
+def check_schema(ds: datasets.Dataset, source: str) -> None:
+    for col, kind in REQUIRED.items():
+        if col not in ds.features:
+            raise FilterError(f"traces {source} have no column '{col}' (a traces dataset needs "
+                              f"{', '.join(REQUIRED)}, as distill generate writes)")
+        feature = ds.features[col]
+        dtype = getattr(feature, "dtype", None)
+        ok = (dtype in ("string", "large_string") if kind == "string"
+              else dtype is not None and dtype.startswith(("int", "uint")))
+        if col == "answer" and dtype is not None and dtype.startswith(("int", "float")):
+            ok = True  # numeric golds are fine, they are compared as text
+        if not ok:
+            raise FilterError(f"traces {source}: column '{col}' should be {kind}, found {feature}")
+
+
+def filter_fingerprint(cfg: FilterConfig) -> str:
+    d = asdict(cfg)
+    for k in ("output", "overwrite", "progress", "input"):
+        d.pop(k)
+    d["verify"].pop("workers")
+    return config_hash(d)
+
+
+def token_counts(cols: dict, n: int) -> list[int]:
+    counts = cols.get("completion_tokens") or [None] * n
+    ids = cols.get("completion_token_ids") or [None] * n
+    return [c if c is not None else len(ids[i] or []) if ids[i] is not None else len((cols["completion"][i] or "").split())
+            for i, c in enumerate(counts)]
+
+
+def decontamination_hits(ids: list[str], problems: list[str], cfg: FilterConfig) -> list[dict]:
+    if not cfg.decontaminate:
+        return []
+    index = checks.ContaminationIndex(cfg.decontam_ngram)
+    for name in cfg.decontaminate:
+        bench = load_problems(name)
+        index.add(name, bench["id"], bench["problem"])
+    hits, seen = [], set()
+    for id_, problem in zip(ids, problems):
+        if id_ in seen:
+            continue
+        seen.add(id_)
+        hits += [{"id": id_, **h} for h in index.hits(problem)]
+    return hits
+
+
+def assistant_text(reasoning: str, final: str) -> str:
+    reasoning, final = (reasoning or "").strip(), (final or "").strip()
+    return f"<think>\n{reasoning}\n</think>\n\n{final}" if reasoning else final
+
+
+def build_training_set(traces: datasets.Dataset, kept: list[int], verdicts, cfg: FilterConfig) -> datasets.Dataset:
+    rows = traces.select(kept)
+    carried = [c for c in KD_COLUMNS if c in rows.column_names]
+
+    def to_chat(row, idx):
+        if cfg.user_turn == "prompt" and row.get("messages"):
+            prompt = [dict(m) for m in row["messages"]]
+        else:
+            prompt = [{"role": "user", "content": row["problem"]}]
+        return {"messages": prompt + [{"role": "assistant", "content": assistant_text(row["reasoning"], row["final"])}],
+                "predicted": verdicts[kept[idx]].predicted}
+
+    keep_cols = ["id", "sample", "problem", "answer", "completion_tokens", *carried]
+    rows = rows.map(to_chat, with_indices=True, remove_columns=[c for c in rows.column_names if c not in keep_cols],
+                    desc="training set", load_from_cache_file=False) if len(rows) else \
+        datasets.Dataset.from_dict({"messages": [], "predicted": [], **{c: [] for c in keep_cols if c in rows.column_names}})
+    order = ["messages", "id", "sample", "predicted", "problem", "answer", "completion_tokens", *carried]
+    return rows.select_columns([c for c in order if c in rows.column_names])
+
+
+def summarize_lengths(lengths: list[int]) -> dict:
+    if not lengths:
+        return {"count": 0}
+    return {"count": len(lengths), "mean": round(statistics.fmean(lengths), 1), "median": statistics.median(lengths),
+            "min": min(lengths), "max": max(lengths)}
+
+
+def save(out: Path, train: datasets.Dataset, report: dict, *, kept_tokens: list[int]) -> None:
+    """Dataset first (renamed into place), report.json last: its presence means the output is complete."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").unlink(missing_ok=True)
+    tmp = out / f".dataset.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    train.save_to_disk(str(tmp))
+    shutil.rmtree(out / "dataset", ignore_errors=True)
+    os.replace(tmp, out / "dataset")
+    write_report(out, report, kept_tokens)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
+
+
+def print_summary(r: dict) -> None:
+    print(f"\nfilter: kept {r['rows_kept']} of {r['rows_in']} traces ({r['problems_kept']} of {r['problems_in']} "
+          f"problems) -> {r['output']}/dataset")
+    print(f"  teacher pass@1 over the input: {r['teacher_pass_at_1']}")
+    for reason, count in r["rejected"].items():
+        print(f"  dropped, {reason}: {count}")
+    if r["decontamination"]["benchmarks"]:
+        print(f"  decontamination against {', '.join(r['decontamination']['benchmarks'])}: "
+              f"{r['decontamination']['problems_flagged']} problems flagged")
+    print(f"  report: {r['output']}/report.md, report.png")
