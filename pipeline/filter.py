@@ -185,10 +185,18 @@ def filter_fingerprint(cfg: FilterConfig) -> str:
 
 
 def token_counts(cols: dict, n: int) -> list[int]:
+    """Completion length in teacher tokens (from the counts or the ids; words when neither is there)."""
     counts = cols.get("completion_tokens") or [None] * n
     ids = cols.get("completion_token_ids") or [None] * n
-    return [c if c is not None else len(ids[i] or []) if ids[i] is not None else len((cols["completion"][i] or "").split())
-            for i, c in enumerate(counts)]
+    out = []
+    for i in range(n):
+        if counts[i] is not None:
+            out.append(counts[i])
+        elif ids[i] is not None:
+            out.append(len(ids[i]))
+        else:
+            out.append(len((cols["completion"][i] or "").split()))
+    return out
 
 
 def decontamination_hits(ids: list[str], problems: list[str], cfg: FilterConfig) -> list[dict]:
