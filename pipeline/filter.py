@@ -38,9 +38,13 @@ class FilterError(ValueError):
 def run(cfg: FilterConfig) -> dict:
     if not cfg.input:
         raise FilterError("filter.input is not set (and the recipe has no generate section to take it from)")
+    out = Path(cfg.output)
+    source = Path(cfg.input)
+    if source.exists() and (out.resolve() in (source.resolve(), (source / "dataset").resolve())
+                            or (out / "run.json").exists() or (out / "shards").exists()):
+        raise FilterError(f"filter.output {out} is the traces folder itself; choose another folder")
     traces = load_traces(cfg.input)
     check_schema(traces, cfg.input)
-    out = Path(cfg.output)
     fingerprint = {"config": filter_fingerprint(cfg), "input": traces._fingerprint}
     report_path = out / "report.json"
     if report_path.exists():
@@ -75,15 +79,16 @@ def run(cfg: FilterConfig) -> dict:
     for i in range(n):
         completion = cols["completion"][i] or ""
         reasoning, final = cols["reasoning"][i] or "", cols["final"][i] or ""
-        if errors[i] is not None:
+        if errors[i] is not None:  # no text to check: one reason, not a failure of every check
             fail(i, "generation error")
+            continue
         if cols["id"][i] in flagged:
             fail(i, "contaminated")
         if cfg.require_complete and cols["finish_reason"][i] != "stop":
             fail(i, "truncated")
         if cfg.require_reasoning and not reasoning.strip():
             fail(i, "no reasoning")
-        if cfg.check_format and errors[i] is None and checks.format_problem(completion, reasoning, final):
+        if cfg.check_format and checks.format_problem(completion, reasoning, final):
             fail(i, "malformed")
         if cfg.min_tokens is not None and tokens[i] < cfg.min_tokens:
             fail(i, "too short")
@@ -94,9 +99,11 @@ def run(cfg: FilterConfig) -> dict:
         if cfg.require_correct and not verdicts[i].correct:
             fail(i, "incorrect")
 
-    # ---- problem-level: pass rate over all of the teacher's samples of a problem
+    # ---- problem-level: pass rate over the teacher's answered samples of a problem (failed requests are
+    # an outage, not the teacher's skill)
     by_problem = checks.group_by(cols["id"])
-    pass_rate = {pid: sum(verdicts[i].correct for i in rows) / len(rows) for pid, rows in by_problem.items()}
+    answered = {pid: [i for i in rows if errors[i] is None] for pid, rows in by_problem.items()}
+    pass_rate = {pid: sum(verdicts[i].correct for i in rows) / len(rows) for pid, rows in answered.items() if rows}
 
     # ---- among the rows still standing: duplicates, pass-rate band, per-problem cap
     rng = random.Random(cfg.seed)
@@ -109,7 +116,8 @@ def run(cfg: FilterConfig) -> dict:
                     fail(i, "duplicate")
             alive = [i for i in alive if first_reason[i] is None]
         lo, hi = cfg.pass_rate_min, cfg.pass_rate_max
-        if (lo is not None and pass_rate[pid] < lo) or (hi is not None and pass_rate[pid] > hi):
+        rate = pass_rate.get(pid, 0.0)
+        if (lo is not None and rate < lo) or (hi is not None and rate > hi):
             for i in alive:
                 fail(i, "pass rate out of band")
             alive = []
@@ -129,7 +137,8 @@ def run(cfg: FilterConfig) -> dict:
         "failing_checks": {r: failing[r] for r in REASONS if failing[r]},
         "verify_reasons": dict(Counter(v.reason for v in verdicts)),
         "teacher_pass_at_1": round(statistics.fmean(pass_rate.values()), 4) if pass_rate else None,
-        "teacher_sample_accuracy": round(sum(v.correct for v in verdicts) / n, 4) if n else None,
+        "teacher_sample_accuracy": round(sum(v.correct for v, e in zip(verdicts, errors) if e is None)
+                                         / max(1, sum(e is None for e in errors)), 4) if n else None,
         "pass_rates": pass_rate,
         "kept_tokens": summarize_lengths([tokens[i] for i in kept]),
         "decontamination": {"benchmarks": list(cfg.decontaminate), "ngram": cfg.decontam_ngram,
@@ -155,7 +164,11 @@ def load_traces(source: str) -> datasets.Dataset:
             raise FilterError(f"{source} is not a dataset folder (expected a distill generate output "
                               f"or a save_to_disk folder)") from None
     else:
-        ds = datasets.load_dataset(source, split="train")
+        try:
+            ds = datasets.load_dataset(source, split="train")
+        except (ConnectionError, OSError, ValueError) as e:
+            raise FilterError(f"filter.input {source} is not a local folder and could not be loaded from the Hub "
+                              f"({type(e).__name__})") from None
     if isinstance(ds, datasets.DatasetDict):
         raise FilterError(f"{source} holds several splits ({', '.join(ds)}); point filter.input at one")
     return ds

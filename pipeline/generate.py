@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .config import GenerateConfig
 from .data import load_problems
 from .teachers.base import GenRequest, GenResult, make_teacher, split_reasoning, teacher_name
-from .traces_store import Key, TraceStore
+from .traces_store import Key, OutputConfigMismatch, TraceStore
 
 
 def run(cfg: GenerateConfig) -> dict:
@@ -27,15 +27,27 @@ def run(cfg: GenerateConfig) -> dict:
                              limit=cfg.problems.limit, shuffle_seed=cfg.problems.shuffle_seed)
     requests = build_requests(problems, cfg)
     keys = [(r.id, r.sample) for r in requests]
+    current = {row["id"]: row for row in problems}
     fingerprint = output_fingerprint(cfg)
+    request_hash = keys_hash(keys, problems)
     store = TraceStore(cfg.output)
 
     done = store.complete_summary(fingerprint)
-    if done and done.get("keys_hash") == keys_hash(keys) and not (cfg.retry_failed and done["errors"]):
+    if done and done.get("keys_hash") == request_hash and not (cfg.retry_failed and done["errors"]):
         print(f"generate: {cfg.output} is complete for this config ({done['rows']} rows); reusing it")
+        if cfg.push_to_hub:
+            push(store.load_final(), cfg.push_to_hub)
         return {**done, "generated_this_run": 0, "reused_rows": done["rows"], "reused": True}
 
     store.claim(fingerprint, overwrite=cfg.overwrite)
+    changed = [i for i, text in store.problem_texts().items() if i in current and current[i]["problem"] != text]
+    if changed:
+        if not cfg.overwrite:
+            raise OutputConfigMismatch(f"the text of {len(changed)} problems (first: {changed[0]}) changed since "
+                                       f"{cfg.output} was generated; pass --generate.overwrite true to discard "
+                                       f"the old rows, or choose another generate.output")
+        store.wipe()
+        store.claim(fingerprint, overwrite=False)
     status = store.status()
     pending = [r for r in requests
                if (r.id, r.sample) not in status or (cfg.retry_failed and not status[(r.id, r.sample)])]
@@ -45,7 +57,8 @@ def run(cfg: GenerateConfig) -> dict:
 
     stats = RunStats()
     if pending:
-        by_problem = {row["id"]: row for row in problems}
+        store.mark_incomplete()  # an older complete dataset/ must not outlive a run that extends it
+        by_problem = current
         with teacher_urls(cfg) as urls:
             teacher = make_teacher(cfg.teacher, cfg.sampling, base_urls=urls)
             name = teacher_name(cfg.teacher)
@@ -77,15 +90,20 @@ def run(cfg: GenerateConfig) -> dict:
                 bar.close()
                 teacher.close()
 
-    dataset = store.assemble(keys, keep_topk=cfg.sampling.logprobs > 0)
+    gold = {i: (row["answer"], row.get("source")) for i, row in current.items()}
+    dataset = store.assemble(keys, keep_topk=cfg.sampling.logprobs > 0, gold=gold)
     summary = summarize(dataset, cfg, stats, wall_s=time.monotonic() - started, reused=skipped)
-    summary.update(keys_hash=keys_hash(keys), fingerprint=fingerprint)
+    summary.update(keys_hash=request_hash, fingerprint=fingerprint)
     store.save_final(dataset, summary)
     print_summary(summary, cfg.output)
     if cfg.push_to_hub:
-        dataset.push_to_hub(cfg.push_to_hub)
-        print(f"generate: pushed {len(dataset)} rows to the Hub dataset {cfg.push_to_hub}")
+        push(dataset, cfg.push_to_hub)
     return summary
+
+
+def push(dataset, repo_id: str) -> None:
+    dataset.push_to_hub(repo_id)  # the token comes from the environment or `hf auth login`, never from us
+    print(f"generate: pushed {len(dataset)} rows to the Hub dataset {repo_id}")
 
 
 def build_messages(problem: str, cfg: GenerateConfig) -> list[dict]:
@@ -109,12 +127,15 @@ def output_fingerprint(cfg: GenerateConfig) -> dict:
     s = asdict(cfg.sampling)
     s.pop("n")
     return {"problems": {"source": cfg.problems.source, "split": cfg.problems.split, "columns": cfg.problems.columns},
-            "teacher": {"model": cfg.teacher.model, "revision": cfg.teacher.revision, "dtype": cfg.teacher.dtype},
+            "teacher": {"model": cfg.teacher.model, "revision": cfg.teacher.revision, "dtype": cfg.teacher.dtype,
+                        "max_model_len": cfg.teacher.max_model_len, "request_seed": cfg.teacher.request_seed},
             "prompt": asdict(cfg.prompt), "sampling": s}
 
 
-def keys_hash(keys: list[Key]) -> str:
-    return hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16]
+def keys_hash(keys: list[Key], problems) -> str:
+    """What was asked for: the (id, sample) keys and the problems' text and gold answers."""
+    blob = json.dumps([keys, list(problems["problem"]), [str(a) for a in problems["answer"]]])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -154,7 +175,7 @@ class RunStats:
     """Live counters for the progress bar."""
 
     def __init__(self):
-        self.start = time.monotonic()
+        self.start = time.monotonic()  # reset when generation starts
         self.end: float | None = None
         self.samples = self.errors = self.tokens = self.retries = 0
 

@@ -68,6 +68,8 @@ class TraceStore:
                 self.wipe()
         self.root.mkdir(parents=True, exist_ok=True)
         self.shards.mkdir(exist_ok=True)
+        for tmp in [*self.shards.glob(".*.tmp"), *self.root.glob(".dataset.tmp-*")]:  # left by a crash
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         if not self.run_path.exists():
             atomic_write_text(self.run_path, json.dumps({"fingerprint": fingerprint}, indent=2))
 
@@ -89,6 +91,18 @@ class TraceStore:
         os.replace(tmp, self.shards / name)
         return self.shards / name
 
+    def mark_incomplete(self) -> None:
+        self.summary_path.unlink(missing_ok=True)
+        shutil.rmtree(self.dataset_dir, ignore_errors=True)
+
+    def problem_texts(self) -> dict[str, str]:
+        """id -> the problem text the stored rows were generated for."""
+        texts: dict[str, str] = {}
+        for f in self.shard_files():
+            t = pq.read_table(f, columns=["id", "problem"])
+            texts.update(zip(t["id"].to_pylist(), t["problem"].to_pylist()))
+        return texts
+
     def status(self) -> dict[Key, bool]:
         """(id, sample) -> True if some shard holds a successful row for it, False if only failed ones."""
         ok: dict[Key, bool] = {}
@@ -99,8 +113,9 @@ class TraceStore:
         return ok
 
     # ---------------------------------------------------------------- final dataset
-    def assemble(self, keys: list[Key], *, keep_topk: bool):
-        """One row per requested key (a success beats a failure; later beats earlier), in `keys` order."""
+    def assemble(self, keys: list[Key], *, keep_topk: bool, gold: dict[str, tuple] | None = None):
+        """One row per requested key (a success beats a failure; later beats earlier), in `keys` order.
+        `gold` (id -> (answer, source)) refreshes those columns from the current problems."""
         import datasets
 
         files = self.shard_files()
@@ -118,6 +133,11 @@ class TraceStore:
             raise RuntimeError(f"{len(missing)} requested rows have no result yet (first: {missing[0]}); "
                                f"rerun the same command to continue")
         table = table.take([best[k] for k in keys])
+        if gold is not None:
+            ids = table["id"].to_pylist()
+            for col, j in (("answer", 0), ("source", 1)):
+                values = pa.array([None if gold[i][j] is None else str(gold[i][j]) for i in ids], pa.string())
+                table = table.set_column(table.schema.get_field_index(col), col, values)
         if not keep_topk:
             table = table.drop_columns(list(TOPK_COLUMNS))
         return datasets.Dataset(table)
@@ -138,6 +158,11 @@ class TraceStore:
         shutil.rmtree(self.dataset_dir, ignore_errors=True)
         os.replace(tmp, self.dataset_dir)
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
+
+    def load_final(self):
+        import datasets
+
+        return datasets.load_from_disk(str(self.dataset_dir))
 
     def complete_summary(self, fingerprint: dict) -> dict | None:
         """The summary of a finished run with this fingerprint, else None."""

@@ -46,11 +46,23 @@ def test_missing_required_key():
         load_recipe(None, ["--generate.problems.source", "gsm8k", "--generate.output", "o"])
 
 
-def test_parse_overrides_values_are_yaml():
-    assert parse_overrides(["--a.b", "3", "--c=[1, 2]", "--d", "--e", "null"]) == [
-        ("a.b", 3), ("c", [1, 2]), ("d", True), ("e", None)]
+def test_override_values_are_typed_by_their_key():
+    g = load_recipe(None, BASE + [
+        "--generate.prompt.system", "Note: rule #1 {x}",  # YAML would read a mapping / drop the comment
+        "--generate.teacher.revision", "0123456",  # YAML would read an octal number
+        "--generate.teacher.server_args=[--max-num-seqs, 8]", "--generate.sampling.temperature", "1",
+        "--generate.problems.limit", "null", "--generate.overwrite"]).generate
+    assert g.prompt.system == "Note: rule #1 {x}" and g.teacher.revision == "0123456"
+    assert g.teacher.server_args == ["--max-num-seqs", "8"] and g.sampling.temperature == 1.0
+    assert g.problems.limit is None and g.overwrite is True
     with pytest.raises(ConfigError, match="unexpected argument"):
         parse_overrides(["positional"])
+
+
+@pytest.mark.parametrize("key, value", [("sampling.n", "0"), ("teacher.max_retries", "-1"), ("shard_size", "0")])
+def test_out_of_range_numbers_are_refused(key, value):
+    with pytest.raises(ConfigError, match=f"generate.{key}: must be at least"):
+        load_recipe(None, BASE + [f"--generate.{key}", value])
 
 
 def test_cli_config_error_is_one_line_and_exit_2(tmp_path):

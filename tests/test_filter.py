@@ -77,9 +77,10 @@ def test_every_row_gets_its_reason(traces_dir, tmp_path):
     hits = report["decontamination"]["hits"]
     assert report["decontamination"]["problems_flagged"] == 1 and hits[0]["id"] == "p4"
     assert hits[0]["benchmark"] == "gsm8k" and len(hits[0]["ngram"].split()) == 8
-    # teacher pass@1: p1 1 of 4 verified wrong -> (3/4 + 3/4 + 2/4 + 1/1) / 4 per-problem mean (p2's s1 has no
-    # answer, s2's last boxed answer 2 is wrong; p3's error row has none)
-    assert report["teacher_pass_at_1"] == pytest.approx((3 / 4 + 2 / 4 + 3 / 4 + 1) / 4, abs=1e-4)
+    # teacher pass@1, the per-problem mean: p1 3 of 4; p2 2 of 4 (s1 has no answer, s2's last boxed answer 2
+    # is wrong); p3 3 of its 3 answered samples (the failed request is not the teacher's fault); p4 1 of 1
+    assert report["teacher_pass_at_1"] == pytest.approx((3 / 4 + 2 / 4 + 3 / 3 + 1) / 4, abs=1e-4)
+    assert report["failing_checks"]["generation error"] == 1 and report["failing_checks"]["truncated"] == 1
 
 
 def test_report_files(traces_dir, tmp_path):
@@ -104,10 +105,10 @@ def test_switches_turn_rules_off(traces_dir, tmp_path):
 
 def test_per_problem_cap_and_pass_rate_band(traces_dir, tmp_path):
     report = filter_stage.run(cfg(traces_dir, tmp_path / "o", "--filter.max_per_problem", "1",
-                                  "--filter.pass_rate_max", "0.9"))
+                                  "--filter.pass_rate_min", "0.6"))
     ds = datasets.load_from_disk(str(tmp_path / "o" / "dataset"))
-    # p4 (solved in 1 of 1 samples) is out of the band; p3 keeps its shortest correct trace
-    assert sorted(zip(ds["id"], ds["sample"])) == [("p1", 0), ("p2", 0), ("p3", 3)]
+    # p2 (solved in 2 of 4 samples) is out of the band; p3 keeps its shortest correct trace
+    assert sorted(zip(ds["id"], ds["sample"])) == [("p1", 0), ("p3", 3), ("p4", 0)]
     assert report["rejected"]["over per-problem cap"] == 1 and report["rejected"]["pass rate out of band"] == 1
 
 
@@ -187,3 +188,8 @@ filter:
     assert report["input"] == str(tmp_path / "traces") and report["rows_in"] == 8
     assert sum(report["rejected"].values()) + report["rows_kept"] == 8
     assert report["rejected"].get("truncated", 0) >= 1  # 8 random tokens rarely end with EOS
+
+
+def test_output_into_the_traces_folder_is_refused(traces_dir):
+    with pytest.raises(filter_stage.FilterError, match="traces folder itself"):
+        filter_stage.run(cfg(traces_dir, traces_dir))

@@ -131,6 +131,33 @@ def test_more_samples_only_asks_for_the_new_ones(tiny_model, problems_file, tmp_
     assert all(again[k] == v for k, v in first.items())  # old rows kept as they were
 
 
+def test_changed_problem_text_is_refused_and_changed_gold_is_refreshed(tiny_model, problems_file, tmp_path):
+    out = tmp_path / "out"
+    generate.run(config(tiny_model, problems_file, out))
+    rows = [json.loads(line) for line in Path(problems_file).read_text().splitlines()]
+    edited = Path(problems_file)  # the same file, edited in place
+    edited.write_text("".join(json.dumps({**r, "answer": "fixed-" + r["answer"]}) + "\n" for r in rows))
+    summary = generate.run(config(tiny_model, problems_file, out))
+    assert summary["generated_this_run"] == 0 and set(load(out)["answer"]) == {"fixed-" + r["answer"] for r in rows}
+    edited.write_text("".join(json.dumps({**r, "problem": r["problem"] + " Explain."}) + "\n" for r in rows))
+    with pytest.raises(OutputConfigMismatch, match="text of 4 problems"):
+        generate.run(config(tiny_model, problems_file, out))
+
+
+def test_extending_a_finished_output_unmarks_it_until_done(tiny_model, problems_file, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    generate.run(config(tiny_model, problems_file, out))
+    from pipeline.teachers.transformers_backend import TransformersTeacher
+
+    def crash(self, requests, on_result):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TransformersTeacher, "generate", crash)
+    with pytest.raises(KeyboardInterrupt):
+        generate.run(config(tiny_model, problems_file, out, **{"sampling.n": 3}))
+    assert not (out / "summary.json").exists() and not (out / "dataset").exists()
+
+
 # --------------------------------------------------------------------------- openai backend, real vLLM
 
 @pytest.mark.slow
@@ -155,6 +182,19 @@ def test_openai_backend_real_vllm_server_with_topk(vllm_server, tiny_model, prob
         assert tok.decode(ids, skip_special_tokens=True).rstrip("\ufffd") == row["completion"].rstrip("\ufffd")
         prompt = tok.apply_chat_template(row["messages"], tokenize=False, add_generation_prompt=True)
         assert row["prompt_tokens"] == len(tok(prompt, add_special_tokens=False)["input_ids"])
+    # the stored top-k are the teacher's own k best at each position (float32 server vs a transformers pass)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    for row in ds.select(range(2)):
+        prompt = tok(tok.apply_chat_template(row["messages"], tokenize=False, add_generation_prompt=True),
+                     add_special_tokens=False)["input_ids"]
+        ids = row["completion_token_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1: len(prompt) - 1 + len(ids)]
+        best = logits.log_softmax(-1).topk(4, dim=-1).values
+        assert torch.allclose(torch.tensor(row["topk_logprobs"]), best, atol=1e-3)
 
 
 @pytest.mark.slow

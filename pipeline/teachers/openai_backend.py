@@ -66,7 +66,9 @@ class OpenAITeacher:
         if self.cfg.request_seed:
             kwargs["seed"] = req.seed
         if s.logprobs:
-            kwargs.update(logprobs=True, top_logprobs=s.logprobs)
+            # vLLM lists the sampled token first and then cuts the list at top_logprobs, so when the sampled
+            # token ranks below k the k-th best is lost: ask for one more and keep the best k
+            kwargs.update(logprobs=True, top_logprobs=s.logprobs + 1)
         if self.is_vllm:  # vLLM extras: the teacher's own token ids, and logprob tokens as ids
             kwargs["extra_body"] = {"return_token_ids": True, "return_tokens_as_token_ids": True}
         return kwargs
@@ -108,14 +110,25 @@ class OpenAITeacher:
             except RETRYABLE as e:
                 error = f"{type(e).__name__}: {_short(e)}"
                 if attempt < self.cfg.max_retries:
-                    await asyncio.sleep(backoff_seconds(attempt))
+                    await asyncio.sleep(max(backoff_seconds(attempt), _retry_after(e)))
             except openai.APIStatusError as e:  # 4xx other than 429: the request itself is wrong
                 return GenResult(req.id, req.sample, error=f"HTTP {e.status_code}: {_short(e)}", retries=attempt)
+            except Exception as e:  # a response we cannot read: keep the row, with why
+                return GenResult(req.id, req.sample, error=f"{type(e).__name__}: {_short(e)}", retries=attempt)
         return GenResult(req.id, req.sample, error=f"{error} (after {self.cfg.max_retries} retries)",
                          retries=self.cfg.max_retries)
 
     def close(self) -> None:
         pass
+
+
+def _retry_after(e: Exception, cap: float = 60.0) -> float:
+    """Seconds a 429/503 asked us to wait (Retry-After header), 0 when it did not say."""
+    response = getattr(e, "response", None)
+    try:
+        return min(cap, float(response.headers.get("retry-after", 0))) if response is not None else 0.0
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _short(e: Exception) -> str:
@@ -139,7 +152,7 @@ def parse_response(req: GenRequest, resp, k: int) -> GenResult:
             ids = [_token_id(t.token) for t in content_lp]
             token_ids = ids if None not in ids else None
         if k and content_lp and content_lp[0].top_logprobs:
-            # vLLM lists the sampled token too when it ranks below k: keep the k most likely, best first
+            # keep the k most likely, best first (the list may hold the sampled token beyond the top k)
             tops = [sorted(pos.top_logprobs, key=lambda t: -t.logprob)[:k] for pos in content_lp]
             topk_ids = [[_token_id(t.token) for t in top] for top in tops]
             topk_logprobs = [[float(t.logprob) for t in top] for top in tops]

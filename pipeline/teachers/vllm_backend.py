@@ -50,9 +50,10 @@ class VLLMTeacher:
         if not requests:
             return
         rendered: dict[str, list[int]] = {}  # samples of a problem share its prompt: render it once
-        prompts = [TokensPrompt(prompt_token_ids=rendered.get(r.id) or
-                                rendered.setdefault(r.id, render_prompt_ids(self.tokenizer, r.messages)))
-                   for r in requests]
+        for r in requests:
+            if r.id not in rendered:
+                rendered[r.id] = render_prompt_ids(self.tokenizer, r.messages)
+        prompts = [TokensPrompt(prompt_token_ids=rendered[r.id]) for r in requests]
         internal = self.llm.enqueue(prompts, [self._params(r) for r in requests], use_tqdm=False)
         # enqueue returns internal ids "<external>-<random>"; finished outputs carry the external part
         by_id = {rid.split("-", 1)[0]: req for rid, req in zip(internal, requests)}
@@ -81,7 +82,7 @@ def to_result(req: GenRequest, out, k: int) -> GenResult:
         topk_ids, topk_lps = [], []
         for pos in c.logprobs:
             # vLLM adds the sampled token to the top-k when it ranks below k: keep ranks 1..k only
-            top = sorted((lp.rank, tid, lp.logprob) for tid, lp in pos.items() if lp.rank is not None and lp.rank <= k)
+            top = sorted((lp.rank, tid, lp.logprob) for tid, lp in pos.items() if lp.rank is not None and lp.rank <= k)[:k]
             topk_ids.append([t for _, t, _ in top])
             topk_lps.append([float(v) for _, _, v in top])
     return GenResult(req.id, req.sample, completion=c.text, finish_reason=c.finish_reason,
