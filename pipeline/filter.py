@@ -7,9 +7,7 @@ traces, and a report that says why every other row was dropped.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import statistics
 from collections import Counter
 from dataclasses import asdict
@@ -21,7 +19,7 @@ from . import trace_checks as checks
 from .config import FilterConfig, config_hash
 from .data import load_problems
 from .filter_report import write_report
-from .traces_store import atomic_write_text
+from .traces_store import atomic_write_text, save_dataset_atomically
 
 # column -> accepted Arrow-backed Python types, for the one-line schema error
 REQUIRED = {"id": "string", "sample": "int", "problem": "string", "answer": "string", "completion": "string",
@@ -264,11 +262,7 @@ def save(out: Path, train: datasets.Dataset, report: dict, *, kept_tokens: list[
     """Dataset first (renamed into place), report.json last: its presence means the output is complete."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").unlink(missing_ok=True)
-    tmp = out / f".dataset.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    train.save_to_disk(str(tmp))
-    shutil.rmtree(out / "dataset", ignore_errors=True)
-    os.replace(tmp, out / "dataset")
+    save_dataset_atomically(train, out / "dataset")
     write_report(out, report, kept_tokens)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
 

@@ -40,7 +40,8 @@ def run(cfg: GenerateConfig) -> dict:
         return {**done, "generated_this_run": 0, "reused_rows": done["rows"], "reused": True}
 
     store.claim(fingerprint, overwrite=cfg.overwrite)
-    changed = [i for i, text in store.problem_texts().items() if i in current and current[i]["problem"] != text]
+    status, stored_texts = store.status()
+    changed = [i for i, text in stored_texts.items() if i in current and current[i]["problem"] != text]
     if changed:
         if not cfg.overwrite:
             raise OutputConfigMismatch(f"the text of {len(changed)} problems (first: {changed[0]}) changed since "
@@ -48,7 +49,7 @@ def run(cfg: GenerateConfig) -> dict:
                                        f"the old rows, or choose another generate.output")
         store.wipe()
         store.claim(fingerprint, overwrite=False)
-    status = store.status()
+        status = {}
     pending = [r for r in requests
                if (r.id, r.sample) not in status or (cfg.retry_failed and not status[(r.id, r.sample)])]
     skipped = len(requests) - len(pending)

@@ -46,6 +46,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def save_dataset_atomically(dataset, dest: Path) -> None:
+    """save_to_disk into a temp folder beside `dest`, then swap it in: `dest` is never half written."""
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    was_enabled = is_progress_bar_enabled()
+    disable_progress_bar()  # a bar for a sub-second save is noise under the stage's own output
+    try:
+        dataset.save_to_disk(str(tmp))
+    finally:
+        if was_enabled:
+            enable_progress_bar()
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
 class TraceStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -95,22 +112,18 @@ class TraceStore:
         self.summary_path.unlink(missing_ok=True)
         shutil.rmtree(self.dataset_dir, ignore_errors=True)
 
-    def problem_texts(self) -> dict[str, str]:
-        """id -> the problem text the stored rows were generated for."""
+    def status(self) -> tuple[dict[Key, bool], dict[str, str]]:
+        """What the shards hold: (id, sample) -> True if some row for it succeeded, False if all failed;
+        and id -> the problem text those rows were generated for."""
+        ok: dict[Key, bool] = {}
         texts: dict[str, str] = {}
         for f in self.shard_files():
-            t = pq.read_table(f, columns=["id", "problem"])
-            texts.update(zip(t["id"].to_pylist(), t["problem"].to_pylist()))
-        return texts
-
-    def status(self) -> dict[Key, bool]:
-        """(id, sample) -> True if some shard holds a successful row for it, False if only failed ones."""
-        ok: dict[Key, bool] = {}
-        for f in self.shard_files():
-            t = pq.read_table(f, columns=["id", "sample", "error"])
-            for i, s, e in zip(t["id"].to_pylist(), t["sample"].to_pylist(), t["error"].to_pylist()):
+            t = pq.read_table(f, columns=["id", "sample", "problem", "error"])
+            ids = t["id"].to_pylist()
+            for i, s, e in zip(ids, t["sample"].to_pylist(), t["error"].to_pylist()):
                 ok[(i, s)] = ok.get((i, s), False) or e is None
-        return ok
+            texts.update(zip(ids, t["problem"].to_pylist()))
+        return ok, texts
 
     # ---------------------------------------------------------------- final dataset
     def assemble(self, keys: list[Key], *, keep_topk: bool, gold: dict[str, tuple] | None = None):
@@ -143,20 +156,8 @@ class TraceStore:
         return datasets.Dataset(table)
 
     def save_final(self, dataset, summary: dict) -> None:
-        from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
-
-        tmp = self.root / f".dataset.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        was_enabled = is_progress_bar_enabled()
-        disable_progress_bar()  # a bar for a sub-second save is noise under the stage's own bar
-        try:
-            dataset.save_to_disk(str(tmp))
-        finally:
-            if was_enabled:
-                enable_progress_bar()
         self.summary_path.unlink(missing_ok=True)  # not complete while the dataset is being swapped
-        shutil.rmtree(self.dataset_dir, ignore_errors=True)
-        os.replace(tmp, self.dataset_dir)
+        save_dataset_atomically(dataset, self.dataset_dir)
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
 
     def load_final(self):

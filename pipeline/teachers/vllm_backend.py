@@ -56,8 +56,9 @@ class VLLMTeacher:
         prompts = [TokensPrompt(prompt_token_ids=rendered[r.id]) for r in requests]
         internal = self.llm.enqueue(prompts, [self._params(r) for r in requests], use_tqdm=False)
         # enqueue returns internal ids "<external>-<random>"; finished outputs carry the external part
-        by_id = {rid.split("-", 1)[0]: req for rid, req in zip(internal, requests)}
-        internal_of = {rid.split("-", 1)[0]: rid for rid in internal}
+        external = [rid.split("-", 1)[0] for rid in internal]
+        by_id = dict(zip(external, requests))
+        internal_of = dict(zip(external, internal))
         engine = self.llm.llm_engine
         try:
             while engine.has_unfinished_requests():
