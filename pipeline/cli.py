@@ -11,6 +11,9 @@ from .config import ConfigError, load_recipe
 STAGES = {
     "generate": "teacher writes chain-of-thought traces for a problem set -> traces dataset",
     "filter": "keep verified-correct, well-formed, deduplicated traces -> chat training set + report",
+    "sft": "fine-tune the student on the kept traces with TRL (full or LoRA) -> trained model + loss curve",
+    "kd": "logit distillation (Hinton soft targets) from a live teacher or stored top-k logprobs -> trained model",
+    "evaluate": "score models (teacher, students) on math benchmarks side by side -> results table, chart, samples",
 }
 
 
@@ -74,6 +77,36 @@ def run_stage(stage: str, recipe) -> int:
             filter_stage.run(section)
         except (ValueError, FileNotFoundError) as e:
             raise StageError(str(e)) from None
+    elif stage == "sft":
+        from .train import sft
+
+        if section.data is None and recipe.filter is not None:
+            section.data = recipe.filter.output  # the training set this recipe's filter writes
+        try:
+            sft.run(section)
+        except (ValueError, FileNotFoundError, ImportError) as e:
+            raise StageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    elif stage == "kd":
+        from .train import kd
+
+        if section.data is None and recipe.filter is not None:
+            section.data = recipe.filter.output  # the training set this recipe's filter writes
+        try:
+            kd.run(section)
+        except (ValueError, FileNotFoundError, ImportError) as e:
+            raise StageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    elif stage == "evaluate":
+        from . import evaluate
+        from .teachers.openai_backend import TeacherServerError
+        from .teachers.server import ServerStartError
+
+        filter_report = os.path.join(recipe.filter.output, "report.json") if recipe.filter is not None else None
+        if section.decontamination_report is None and filter_report and os.path.exists(filter_report):
+            section.decontamination_report = filter_report  # check against this recipe's own training problems
+        try:
+            evaluate.run(section)
+        except (TeacherServerError, ServerStartError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
+            raise StageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     return 0
 
 

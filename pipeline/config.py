@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -129,9 +130,125 @@ class FilterConfig:
 
 
 @dataclass
+class LoraOptions:
+    enabled: bool = False  # train a LoRA adapter (peft) instead of all weights
+    r: int = field(default=16, metadata={"min": 1})
+    alpha: int = field(default=32, metadata={"min": 1})
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # module names, or all-linear
+    merge: bool = True  # merge the adapter into the saved model (false: save the adapter alone)
+
+
+@dataclass
+class TrainConfig:
+    """Options shared by the training stages (sft, kd)."""
+    student: str  # Hub id or local folder of the model to train
+    output: str  # folder: model/ (the trained student), checkpoints/, train_log.jsonl, loss.png, summary.json
+    data: str | None = None  # training set: a filter output folder, a save_to_disk folder, a JSONL/Parquet file or a Hub id (default: filter.output)
+    chat_template: str | None = None  # null: the student's own; fallback: the project's ChatML; or a .jinja file
+    max_length: int = field(default=4096, metadata={"min": 16})  # tokens per example (prompt + answer)
+    long_examples: Literal["drop", "truncate"] = "drop"  # examples over max_length: drop them, or cut them (they lose their EOS)
+    packing: bool = True  # padding-free best-fit packing of several examples per row (TRL bfd)
+    epochs: float = 1.0
+    max_steps: int = -1  # optimizer steps; overrides epochs when > 0
+    learning_rate: float = 1e-5
+    lr_scheduler: str = "cosine"  # any transformers scheduler name: linear, cosine, constant_with_warmup ...
+    warmup: float = field(default=0.03, metadata={"min": 0})  # warmup: a fraction of the steps when < 1, else a step count
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_size: int = field(default=1, metadata={"min": 1})  # rows per device per step (a packed row holds several examples)
+    grad_accum: int = field(default=8, metadata={"min": 1})
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on a GPU that supports it, else fp32
+    seed: int = 0
+    resume: bool = True  # continue from the last checkpoint in output/checkpoints
+    save_steps: int = field(default=200, metadata={"min": 1})
+    save_total_limit: int = field(default=2, metadata={"min": 1})
+    logging_steps: int = field(default=10, metadata={"min": 1})
+    report_to: list[str] = field(default_factory=list)  # e.g. [tensorboard]: logs under output/runs
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2 (default: transformers' choice)
+    trust_remote_code: bool = False
+    overwrite: bool = False  # retrain an output made with another config or data
+    progress: bool = True
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """`distill sft`: supervised fine-tuning on the teacher's kept traces (loss on the assistant turn only)."""
+
+
+@dataclass
+class KDConfig(TrainConfig):
+    """`distill kd`: logit distillation, alpha * T^2 * D(p_teacher^T || p_student^T) + (1 - alpha) * CE."""
+    mode: Literal["online", "offline", "on_policy"] = "offline"  # live teacher / stored top-k logprobs / student samples, teacher scores (GKD)
+    teacher: str | None = None  # Hub id or local folder; required for online and on_policy (offline: vocabulary check only)
+    teacher_dtype: str = "auto"  # auto: bfloat16 when training in bf16, else float32; or float32, bfloat16, float16
+    temperature: float = 1.0  # softens both distributions in the KD term (the T^2 keeps alpha's meaning)
+    alpha: float = 0.5  # weight of the KD term; 1 - alpha weighs the CE on the teacher's tokens
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"  # forward_kl is Hinton's KD
+    beta: float = 0.5  # jsd only: the mixture weight of the teacher (0 = forward KL, 1 = reverse KL)
+    tail: Literal["bucket", "renormalize"] = "bucket"  # offline: mass outside the stored top-k as one extra outcome, or renormalise over the k
+    lmbda: float = 0.5  # on_policy: share of steps trained on the student's own samples (GKD's lambda)
+    max_new_tokens: int = field(default=256, metadata={"min": 1})  # on_policy: tokens the student samples per prompt
+    sampling_temperature: float = 1.0  # on_policy: the student's sampling temperature
+
+
+@dataclass
+class EvalModelConfig(TeacherConfig):
+    """A model to evaluate: every TeacherConfig key (model, backend, base_urls, dtype ...) plus its label."""
+    name: str | None = None  # label in the tables and folder names (default: the model string)
+
+
+@dataclass
+class BenchmarkConfig:
+    source: str  # a benchmark name (gsm8k, math500, aime24 ...), a local JSONL/JSON/Parquet file or folder, or a Hub id
+    name: str | None = None  # label in the tables (default: the benchmark name or the file's stem)
+    split: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)  # our column -> source column, e.g. {problem: question}
+    limit: int | None = field(default=None, metadata={"min": 1})  # first `limit` problems (a seeded random subset with shuffle_seed)
+    shuffle_seed: int | None = None
+
+
+@dataclass
+class EvalSamplingConfig:
+    """R1's evaluation protocol by default: temperature 0.6, top_p 0.95, n samples per problem."""
+    n: int | None = field(default=None, metadata={"min": 1})  # samples per problem (default: 4; 1 with greedy)
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = field(default=32768, metadata={"min": 1})  # R1's generation limit; lower it for small contexts
+    seed: int = 0  # engine seed (in-process vLLM, launched server) and bootstrap seed
+
+
+@dataclass
+class EvaluateConfig:
+    models: list[EvalModelConfig | str]  # a model string is short for {model: ...}
+    benchmarks: list[BenchmarkConfig | str]  # a string is short for {source: ...}
+    output: str  # folder: results.json/.md/.png, samples/ (per-sample records), pairs/ (per model x benchmark state)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
+    greedy: bool = False  # temperature 0 (and n = 1 unless sampling.n is given)
+    limit: int | None = field(default=None, metadata={"min": 1})  # cap every benchmark at this many problems (its own limit wins)
+    ks: list[int] = field(default_factory=list)  # k for pass@k and maj@k (default: 1, 2, 4 ... and n); k > n is skipped
+    bootstrap: int = field(default=10000, metadata={"min": 100})  # resamples of the problems for the 95% interval of pass@1
+    decontamination_report: str | None = None  # a filter output folder or its report.json (default: the recipe's filter.output)
+    force: bool = False  # evaluate on benchmark problems that the filter's decontamination flagged
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    overwrite: bool = False  # redo (model, benchmark) results made with another config
+    progress: bool = True
+
+    def __post_init__(self):
+        self.models = [EvalModelConfig(model=m) if isinstance(m, str) else m for m in self.models]
+        self.benchmarks = [BenchmarkConfig(source=b) if isinstance(b, str) else b for b in self.benchmarks]
+
+
+@dataclass
 class Recipe:
     generate: GenerateConfig | None = None
     filter: FilterConfig | None = None
+    evaluate: EvaluateConfig | None = None
+    sft: SFTConfig | None = None
+    kd: KDConfig | None = None
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -272,6 +389,8 @@ def _coerce(tp: Any, value: Any, key: str):
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", value.strip()):
+            return float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -1,0 +1,310 @@
+"""What the training stages (sft, kd) share: data, model, tokenised examples, trainer arguments, outputs.
+
+Output folder of a training stage:
+    checkpoints/     trainer checkpoints (resume point)
+    model/           the trained student: weights, tokenizer + chat template, generation config (appears when done)
+    train_log.jsonl  one line per logging step; loss.png at the end; runs/ with TensorBoard events when asked
+    summary.json     written last: its presence means the stage finished
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import datasets
+
+from ..config import TrainConfig, config_hash
+from ..traces_store import atomic_write_text
+from .templates import IGNORE, Preflight, encode, resolve_chat_template
+
+
+class TrainError(ValueError):
+    """A training input or output that cannot be used as it is (one line, with the fix)."""
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+def load_training_set(source: str, stage: str) -> datasets.Dataset:
+    """A filter output folder, a save_to_disk folder, a JSONL/Parquet file or a Hub dataset id."""
+    path = Path(source)
+    if path.is_file():
+        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
+        if kind is None:
+            raise TrainError(f"{stage}.data {source}: use a .jsonl, .json or .parquet file, or a dataset folder")
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    elif path.exists():
+        if (path / "dataset").is_dir():
+            if (path / "shards").is_dir():
+                raise TrainError(f"{source} is a generate output (raw traces); train on the output of distill filter")
+            if not (path / "report.json").exists():
+                raise TrainError(f"{source} is an unfinished filter output (no report.json); rerun distill filter")
+            path = path / "dataset"
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except FileNotFoundError:
+            raise TrainError(f"{stage}.data {source} is not a dataset folder (expected a distill filter output "
+                             f"or a save_to_disk folder)") from None
+    else:
+        try:
+            ds = datasets.load_dataset(source, split="train")
+        except (ConnectionError, OSError, ValueError) as e:
+            raise TrainError(f"{stage}.data {source} is not a local file or folder and could not be loaded from the "
+                             f"Hub ({type(e).__name__})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        raise TrainError(f"{source} holds several splits ({', '.join(ds)}); point {stage}.data at one")
+    if "messages" not in ds.column_names:
+        raise TrainError(f"{stage}.data {source} has no 'messages' column (chat turns, as distill filter writes); "
+                         f"columns: {', '.join(ds.column_names)}")
+    if len(ds) == 0:
+        raise TrainError(f"{stage}.data {source} has no examples; loosen the filter or generate more traces")
+    first = ds[0]["messages"]
+    if not first or first[-1].get("role") != "assistant":
+        raise TrainError(f"{stage}.data {source}: the conversations do not end with an assistant turn (raw traces?); "
+                         f"train on the output of distill filter")
+    return ds
+
+
+def encode_dataset(ds: datasets.Dataset, tokenizer, cfg: TrainConfig) -> tuple[datasets.Dataset, dict]:
+    """input_ids + labels (loss on the assistant turn) for every example; long ones dropped or cut."""
+
+    def enc(row):
+        e = encode(tokenizer, row["messages"])
+        return {"input_ids": e.input_ids, "labels": e.labels, "length": len(e.input_ids)}
+
+    encoded = ds.map(enc, remove_columns=ds.column_names, desc="tokenising", load_from_cache_file=False)
+    lengths = encoded["length"]
+    long = [i for i, n in enumerate(lengths) if n > cfg.max_length]
+    if cfg.long_examples == "drop":
+        keep = sorted(set(range(len(encoded))) - set(long))
+        encoded = encoded.select(keep)
+    else:
+        encoded = encoded.map(lambda r: {"input_ids": r["input_ids"][:cfg.max_length],
+                                         "labels": r["labels"][:cfg.max_length]},
+                              desc="cutting long examples", load_from_cache_file=False)
+    if len(encoded) == 0:
+        raise TrainError(f"every example is longer than max_length {cfg.max_length} tokens (longest {max(lengths)}); "
+                         f"raise max_length")
+    trained_lengths = [min(n, cfg.max_length) for n in encoded["length"]]
+    stats = {"examples_in": len(ds), "examples_over_max_length": len(long),
+             f"examples_{'dropped' if cfg.long_examples == 'drop' else 'truncated'}": len(long),
+             "examples_trained": len(encoded), "tokens_per_epoch": sum(trained_lengths),
+             "loss_tokens_per_epoch": sum(sum(1 for t in labels if t != IGNORE) for labels in encoded["labels"]),
+             "longest_example": max(lengths)}
+    return encoded.remove_columns("length"), stats
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+def load_tokenizer(cfg: TrainConfig, stage: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(cfg.student, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise TrainError(f"{stage}.student {cfg.student}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+    tok.chat_template = resolve_chat_template(tok, cfg.chat_template, cfg.student)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # padded positions carry no loss, any id will do
+    return tok
+
+
+def mixed_precision(cfg: TrainConfig) -> str:
+    import torch
+
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def load_student(cfg: TrainConfig, stage: str, *, dtype=None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if dtype is None:  # full training keeps fp32 master weights; a frozen LoRA base can sit in bf16
+        dtype = torch.bfloat16 if cfg.lora.enabled and mixed_precision(cfg) == "bf16" else torch.float32
+    kwargs = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    try:
+        return AutoModelForCausalLM.from_pretrained(cfg.student, **kwargs)
+    except (OSError, ValueError) as e:
+        raise TrainError(f"{stage}.student {cfg.student}: cannot load the model ({str(e).splitlines()[0]})") from None
+
+
+def peft_config(cfg: TrainConfig):
+    if not cfg.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    targets = cfg.lora.target_modules
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
+                      target_modules="all-linear" if targets == ["all-linear"] else targets)
+
+
+def trainer_args(cfg: TrainConfig, out: Path, args_cls=None, **extra):
+    """TRL/transformers training arguments from the recipe (checkpoints under out/checkpoints)."""
+    import torch
+    from trl import SFTConfig as TRLSFTConfig
+
+    precision = mixed_precision(cfg)
+    if "tensorboard" in cfg.report_to:
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "runs"))
+    return (args_cls or TRLSFTConfig)(
+        output_dir=str(out / "checkpoints"), max_length=cfg.max_length, packing=cfg.packing, packing_strategy="bfd",
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup if cfg.warmup < 1 else int(cfg.warmup),
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        gradient_checkpointing=cfg.gradient_checkpointing, bf16=precision == "bf16", fp16=precision == "fp16",
+        seed=cfg.seed, data_seed=cfg.seed, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps, logging_first_step=True, report_to=cfg.report_to or "none",
+        disable_tqdm=not cfg.progress, eval_strategy="no", dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False, **extra)
+
+
+# -------------------------------------------------------------------------------------------- outputs
+
+def fingerprint(cfg: TrainConfig, data: datasets.Dataset) -> str:
+    """What decides the trained weights: every training key and the data (not paths or logging knobs)."""
+    d = asdict(cfg)
+    for k in ("output", "data", "overwrite", "progress", "resume", "report_to", "logging_steps", "save_steps",
+              "save_total_limit"):
+        d.pop(k, None)
+    d["data_fingerprint"] = data._fingerprint
+    return config_hash(d)
+
+
+def prepare_output(out: Path, fp: str, cfg: TrainConfig, stage: str, *, main: bool) -> dict | None:
+    """The finished summary when this exact training is done already; refuses another config's output."""
+    summary, run = out / "summary.json", out / "run.json"
+    if summary.exists() and (out / "model").is_dir():
+        old = json.loads(summary.read_text())
+        if old.get("fingerprint") == fp and not cfg.overwrite:
+            return old
+    if run.exists() and json.loads(run.read_text()).get("fingerprint") != fp and not cfg.overwrite:
+        raise TrainError(f"{out} holds a {stage} run with another config or data; --{stage}.overwrite true "
+                         f"replaces it, or choose another {stage}.output")
+    if main:
+        if cfg.overwrite or not run.exists():
+            for name in ("checkpoints", "model", "runs"):
+                shutil.rmtree(out / name, ignore_errors=True)
+            for name in ("summary.json", "train_log.jsonl", "loss.png"):
+                (out / name).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        summary.unlink(missing_ok=True)
+        atomic_write_text(run, json.dumps({"stage": stage, "fingerprint": fp}, indent=2))
+    return None
+
+
+def last_checkpoint(out: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = out / "checkpoints"
+    return get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
+
+
+def log_callback(path: Path):
+    """Appends each logged step to train_log.jsonl (rank 0), dropping lines past the step a resume starts at."""
+    from transformers import TrainerCallback
+
+    class JsonlLog(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero and path.exists():
+                lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= state.global_step]
+                atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if state.is_world_process_zero and logs:
+                with path.open("a") as f:
+                    f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+    return JsonlLog()
+
+
+def param_checksum(model) -> str:
+    """sha256 over the trainable weights' bytes: equal on every rank iff the ranks trained the same model."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_student(trainer, cfg: TrainConfig, tokenizer, pre: Preflight, out: Path) -> Path:
+    """The trained student as a plain folder any loader serves: merged weights (or the adapter alone), tokenizer
+    with the trained chat template, a generation config that stops on the turn's end. Renamed into place."""
+    from transformers import GenerationConfig
+
+    tmp = out / ".model.tmp"
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # collective under ZeRO-3 / FSDP (gathers the shards)
+    if not trainer.accelerator.is_main_process:
+        trainer.accelerator.wait_for_everyone()
+        return out / "model"
+    if cfg.lora.enabled and cfg.lora.merge:
+        from peft import PeftModel
+
+        base = load_student(cfg, "train", dtype="auto")
+        merged = PeftModel.from_pretrained(base, str(tmp)).merge_and_unload()
+        shutil.rmtree(tmp)
+        merged.save_pretrained(str(tmp))
+    tokenizer.eos_token = pre.turn_end
+    tokenizer.save_pretrained(str(tmp))
+    try:
+        gen = GenerationConfig.from_pretrained(cfg.student)
+    except OSError:
+        gen = GenerationConfig()
+    gen.eos_token_id = pre.stop_ids if len(pre.stop_ids) > 1 else pre.stop_ids[0]
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.save_pretrained(str(tmp))
+    final = out / "model"
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def plot_loss(log_path: Path, png: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln] if log_path.exists() else []
+    series = {k: [(r["step"], r[k]) for r in rows if k in r] for k in ("loss", "kd", "ce")}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, pts in series.items():
+        if pts:
+            ax.plot([s for s, _ in pts], [v for _, v in pts], label=k, marker="." if len(pts) < 30 else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def loss_points(log_path: Path) -> list[tuple[int, float]]:
+    if not log_path.exists():
+        return []
+    return [(r["step"], r["loss"]) for r in map(json.loads, log_path.read_text().splitlines()) if "loss" in r]
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.start, 1)

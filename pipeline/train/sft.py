@@ -1,0 +1,94 @@
+"""`distill sft`: TRL's SFTTrainer fine-tunes the student on the kept traces (full or LoRA), loss on the answer.
+
+Examples are tokenised here (prompt + completion through the chat template, checked by the preflight) and handed
+to SFTTrainer as `input_ids` + `labels`, so what is trained is exactly what the preflight looked at.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import SFTConfig
+from ..traces_store import atomic_write_text
+from . import common
+from .templates import preflight
+
+
+def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
+    from accelerate import PartialState
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    state = PartialState()
+    out = Path(cfg.output)
+    raw = common.load_training_set(cfg.data, "sft") if cfg.data else None
+    if raw is None:
+        raise common.TrainError("sft.data is not set (a filter output folder); give --sft.data or a filter: section")
+    fp = common.fingerprint(cfg, raw)
+    done = common.prepare_output(out, fp, cfg, "sft", main=state.is_main_process)
+    state.wait_for_everyone()
+    if done is not None:
+        if state.is_main_process:
+            print(f"sft: {out}/model is already trained with this config and data; nothing to do "
+                  f"(--sft.overwrite true retrains)")
+        return done
+
+    tokenizer = common.load_tokenizer(cfg, "sft")
+    pre = preflight(tokenizer, raw[0]["messages"])
+    train, data_stats = common.encode_dataset(raw, tokenizer, cfg)
+    if state.is_main_process:
+        over = data_stats["examples_over_max_length"]
+        print(f"sft: {data_stats['examples_trained']} examples, {data_stats['tokens_per_epoch']} tokens per epoch; "
+              f"assistant turn ends with {pre.turn_end!r}"
+              + (f"; {over} examples over max_length {cfg.max_length} "
+                 f"{'dropped' if cfg.long_examples == 'drop' else 'cut'}" if over else ""))
+
+    set_seed(cfg.seed)  # LoRA and any new weights start the same on every rank and every run
+    model = common.load_student(cfg, "sft")
+    log_path = out / "train_log.jsonl"
+    trainer = SFTTrainer(model=model, args=common.trainer_args(cfg, out), train_dataset=train,
+                         processing_class=tokenizer, peft_config=common.peft_config(cfg),
+                         callbacks=[common.log_callback(log_path), *(callbacks or [])])
+    resume = common.last_checkpoint(out) if cfg.resume else None
+    if resume and state.is_main_process:
+        print(f"sft: resuming from {resume}")
+    timer = common.Timer()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = timer.seconds
+
+    checksums = _gather(common.param_checksum(trainer.accelerator.unwrap_model(trainer.model)))
+    model_dir = common.save_student(trainer, cfg, tokenizer, pre, out)
+    if not state.is_main_process:
+        return {}
+    losses = common.loss_points(log_path)
+    summary = {
+        "stage": "sft", "fingerprint": fp, "student": cfg.student, "data": cfg.data, "model": str(model_dir),
+        "method": "lora" + ("-merged" if cfg.lora.merge else "-adapter") if cfg.lora.enabled else "full",
+        **data_stats, "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0, 3),
+        "first_loss": losses[0][1] if losses else None, "final_loss": losses[-1][1] if losses else None,
+        "train_loss": round(result.training_loss, 4), "train_seconds": seconds,
+        "tokens_per_second": round(data_stats["tokens_per_epoch"] * (trainer.state.epoch or 0) / max(seconds, 1e-9), 1),
+        "turn_end": pre.turn_end, "stop_ids": pre.stop_ids, "precision": common.mixed_precision(cfg),
+        "ranks": state.num_processes, "rank_checksums": checksums, "resumed_from": resume,
+    }
+    common.plot_loss(log_path, out / "loss.png", f"sft: {Path(cfg.student).name}")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    print_summary(summary, out)
+    return summary
+
+
+def _gather(value: str) -> list[str]:
+    from accelerate.utils import gather_object
+
+    from accelerate import PartialState
+
+    return gather_object([value]) if PartialState().num_processes > 1 else [value]
+
+
+def print_summary(s: dict, out: Path) -> None:
+    print(f"\nsft: trained {s['student']} ({s['method']}) for {s['steps']} steps, {s['epochs']} epochs, "
+          f"{s['train_seconds']} s ({s['tokens_per_second']} tokens/s)")
+    print(f"  loss {s['first_loss']} -> {s['final_loss']} (mean {s['train_loss']}); "
+          f"{s['examples_trained']} examples of {s['examples_in']}")
+    print(f"  model: {s['model']}   log: {out}/train_log.jsonl   curve: {out}/loss.png")
