@@ -19,7 +19,7 @@ from . import trace_checks as checks
 from .config import FilterConfig, config_hash
 from .data import load_problems
 from .filter_report import write_report
-from .traces_store import atomic_write_text, save_dataset_atomically
+from .traces_store import atomic_write_text, data_fingerprint, save_dataset_atomically
 
 # column -> accepted Arrow-backed Python types, for the one-line schema error
 REQUIRED = {"id": "string", "sample": "int", "problem": "string", "answer": "string", "completion": "string",
@@ -43,7 +43,7 @@ def run(cfg: FilterConfig) -> dict:
         raise FilterError(f"filter.output {out} is the traces folder itself; choose another folder")
     traces = load_traces(cfg.input)
     check_schema(traces, cfg.input)
-    fingerprint = {"config": filter_fingerprint(cfg), "input": traces._fingerprint}
+    fingerprint = {"config": filter_fingerprint(cfg), "input": data_fingerprint(traces)}
     report_path = out / "report.json"
     if report_path.exists():
         old = json.loads(report_path.read_text())

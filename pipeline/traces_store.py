@@ -11,6 +11,7 @@ A crash or kill -9 can lose at most the rows not yet flushed to a shard; it can 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -183,3 +184,16 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{k} {a!r} -> {b!r}")
     return out
+
+
+def data_fingerprint(ds: datasets.Dataset) -> str:
+    """A hash of the rows' content (the Arrow files when the dataset is backed by files)."""
+    files = sorted({f["filename"] for f in ds.cache_files})
+    if not files:
+        return ds._fingerprint
+    h = hashlib.sha256()
+    for name in files:
+        with open(name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

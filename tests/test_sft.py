@@ -108,6 +108,15 @@ def test_same_config_is_not_retrained_and_another_is_refused(trained, tiny_model
         sft.run(sft_cfg(tiny_model, train_data, out, "--sft.learning_rate", "1e-3"))
 
 
+def test_overwrite_replaces_another_configs_output(tiny_model, train_data, tmp_path):
+    out = tmp_path / "out"
+    first = sft.run(sft_cfg(tiny_model, train_data, out, "--sft.max_steps", "2"))
+    again = sft.run(sft_cfg(tiny_model, train_data, out, "--sft.max_steps", "2", "--sft.overwrite", "true"))
+    assert again == first  # same config: done already, even with overwrite
+    other = sft.run(sft_cfg(tiny_model, train_data, out, "--sft.max_steps", "3", "--sft.overwrite", "true"))
+    assert other["steps"] == 3 and other["fingerprint"] != first["fingerprint"] and other["resumed_from"] is None
+
+
 # ------------------------------------------------------------------------------------------ templates
 
 MESSAGES = make_examples(1)[0]["messages"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import datasets
 
 from ..config import TrainConfig, config_hash
-from ..traces_store import atomic_write_text
+from ..traces_store import atomic_write_text, data_fingerprint
 from .templates import IGNORE, Preflight, encode, resolve_chat_template
 
 
@@ -176,23 +176,25 @@ def fingerprint(cfg: TrainConfig, data: datasets.Dataset) -> str:
     for k in ("output", "data", "overwrite", "progress", "resume", "report_to", "logging_steps", "save_steps",
               "save_total_limit"):
         d.pop(k, None)
-    d["data_fingerprint"] = data._fingerprint
+    d["data_fingerprint"] = data_fingerprint(data)
     return config_hash(d)
 
 
 def prepare_output(out: Path, fp: str, cfg: TrainConfig, stage: str, *, main: bool) -> dict | None:
-    """The finished summary when this exact training is done already; refuses another config's output."""
+    """The finished summary when this exact training is done already. A run of the same training resumes from
+    its checkpoints; another config's output is refused, or cleared with overwrite."""
     summary, run = out / "summary.json", out / "run.json"
     if summary.exists() and (out / "model").is_dir():
         old = json.loads(summary.read_text())
-        if old.get("fingerprint") == fp and not cfg.overwrite:
+        if old.get("fingerprint") == fp:
             return old
-    if run.exists() and json.loads(run.read_text()).get("fingerprint") != fp and not cfg.overwrite:
+    same_run = run.exists() and json.loads(run.read_text()).get("fingerprint") == fp
+    if run.exists() and not same_run and not cfg.overwrite:
         raise TrainError(f"{out} holds a {stage} run with another config or data; --{stage}.overwrite true "
                          f"replaces it, or choose another {stage}.output")
     if main:
-        if cfg.overwrite or not run.exists():
-            for name in ("checkpoints", "model", "runs"):
+        if not same_run:  # a fresh start: nothing of another run may be resumed or mistaken for this one
+            for name in ("checkpoints", "model", "runs", ".model.tmp"):
                 shutil.rmtree(out / name, ignore_errors=True)
             for name in ("summary.json", "train_log.jsonl", "loss.png"):
                 (out / name).unlink(missing_ok=True)
