@@ -1,3 +1,4 @@
+import dataclasses
 import subprocess
 import sys
 
@@ -80,4 +81,5 @@ def test_every_shipped_recipe_loads():
     assert recipes
     for path in recipes:
         recipe = load_recipe(path)
-        assert recipe.generate is not None or recipe.filter is not None, path
+        sections = [f.name for f in dataclasses.fields(recipe) if getattr(recipe, f.name) is not None]
+        assert sections, f"{path} has no stage section"
