@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -17,6 +16,8 @@ from tqdm.auto import tqdm
 from .config import GenerateConfig
 from .data import load_problems
 from .teachers.base import GenRequest, GenResult, make_teacher, split_reasoning, teacher_name
+from .teachers.prompts import chat_messages
+from .teachers.server import serving_urls
 from .traces_store import Key, OutputConfigMismatch, TraceStore
 
 
@@ -108,9 +109,7 @@ def push(dataset, repo_id: str) -> None:
 
 
 def build_messages(problem: str, cfg: GenerateConfig) -> list[dict]:
-    p = cfg.prompt
-    user = p.template.format(problem=problem, instruction=p.instruction).strip()
-    return ([{"role": "system", "content": p.system}] if p.system else []) + [{"role": "user", "content": user}]
+    return chat_messages(problem, cfg.prompt)
 
 
 def sample_seed(seed: int, id_: str, sample: int) -> int:
@@ -139,19 +138,10 @@ def keys_hash(keys: list[Key], problems) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
 def teacher_urls(cfg: GenerateConfig):
     """Base URLs for the openai backend: the configured ones, or a local vLLM server started for the run."""
-    if cfg.teacher.backend == "openai" and cfg.teacher.launch_server:
-        from .teachers.server import LocalVLLMServer
-
-        server = LocalVLLMServer(cfg.teacher, Path(cfg.output) / "server.log", seed=cfg.sampling.seed,
-                                 max_logprobs=cfg.sampling.logprobs)
-        print(f"generate: starting a local vLLM server for {cfg.teacher.model} (log: {server.log_path})")
-        with server as url:
-            yield [url]
-    else:
-        yield list(cfg.teacher.base_urls)
+    return serving_urls(cfg.teacher, Path(cfg.output) / "server.log", seed=cfg.sampling.seed,
+                        max_logprobs=cfg.sampling.logprobs)
 
 
 def trace_row(problem: dict, req: GenRequest, res: GenResult, teacher: str, cfg: GenerateConfig) -> dict:

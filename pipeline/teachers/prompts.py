@@ -1,6 +1,15 @@
-"""Render chat messages into prompt token ids with the teacher's own chat template."""
+"""Build the chat prompt for a problem, and render chat messages into prompt token ids with the teacher's
+own chat template."""
 
 from __future__ import annotations
+
+from ..config import PromptConfig
+
+
+def chat_messages(problem: str, prompt: PromptConfig) -> list[dict]:
+    """[system (optional), user: `prompt.template` filled with the problem and `prompt.instruction`]."""
+    user = prompt.template.format(problem=problem, instruction=prompt.instruction).strip()
+    return ([{"role": "system", "content": prompt.system}] if prompt.system else []) + [{"role": "user", "content": user}]
 
 
 def render_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:

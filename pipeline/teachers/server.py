@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -113,3 +114,17 @@ class LocalVLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def serving_urls(cfg: TeacherConfig, log_path: str | Path, *, seed: int = 0, max_logprobs: int = 0,
+                 stage: str = "generate"):
+    """Base URLs for the openai backend: the configured ones, or a local vLLM server started for the run
+    (stopped when the block ends). Other backends get the configured list (empty)."""
+    if cfg.backend == "openai" and cfg.launch_server:
+        server = LocalVLLMServer(cfg, log_path, seed=seed, max_logprobs=max_logprobs)
+        print(f"{stage}: starting a local vLLM server for {cfg.model} (log: {server.log_path})")
+        with server as url:
+            yield [url]
+    else:
+        yield list(cfg.base_urls)
