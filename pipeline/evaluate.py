@@ -169,7 +169,8 @@ def plan_pair(cfg: EvaluateConfig, out: Path, model: EvalModelConfig, bench: Ben
     """What is already done for (model, benchmark): finished metrics, reusable samples, or nothing."""
     problems = bench.problems
     fp = {"model": {"model": model.model, "revision": model.revision, "dtype": model.dtype,
-                    "max_model_len": model.max_model_len, "request_seed": model.request_seed},
+                    "max_model_len": model.max_model_len, "request_seed": model.request_seed,
+                    "weights": weights_id(model.model)},
           "benchmark": {"source": bench.cfg.source, "split": bench.cfg.split, "columns": bench.cfg.columns},
           "prompt": asdict(cfg.prompt),
           "sampling": {k: v for k, v in asdict(sampling).items() if k not in ("n", "logprobs")}}
@@ -180,6 +181,16 @@ def plan_pair(cfg: EvaluateConfig, out: Path, model: EvalModelConfig, bench: Ben
                 hashlib.sha256(blob.encode()).hexdigest()[:16], n=sampling.n)
     load_state(pair, overwrite=cfg.overwrite)
     return pair
+
+
+def weights_id(model: str) -> str | None:
+    """Names, sizes and times of a local model's weight files: a model retrained in place is a new model."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return None  # a Hub id or a served name: its revision identifies it
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    blob = json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def preflight(model: EvalModelConfig, sampling: SamplingConfig, index: int) -> None:

@@ -31,7 +31,7 @@ def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
     if done is not None:
         if state.is_main_process:
             print(f"sft: {out}/model is already trained with this config and data; nothing to do "
-                  f"(--sft.overwrite true retrains)")
+                  f"(another sft.output, or removing this one, retrains)")
         return done
 
     tokenizer = common.load_tokenizer(cfg, "sft")
