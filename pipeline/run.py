@@ -23,7 +23,8 @@ INPUTS = {"filter": ["generate"], "sft": ["filter"], "kd": ["filter"], "evaluate
 # knobs that change how a stage runs, not what it produces
 OPERATIONAL = {"overwrite", "progress", "resume", "concurrency", "request_timeout", "max_retries", "workers",
                "report_to", "logging_steps", "save_steps", "save_total_limit", "base_urls", "server_port",
-               "server_timeout", "launch_server", "batch_size_eval"}
+               "server_timeout", "launch_server", "enforce_eager", "kv_cache_gb", "gpu_memory_utilization",
+               "tensor_parallel_size", "server_args", "api_key_env"}
 COMPLETE = {"generate": "summary.json", "filter": "report.json", "sft": "summary.json", "kd": "summary.json",
             "evaluate": "results.json"}
 MARKER = ".distill-run.json"

@@ -51,7 +51,7 @@ def test_run_goes_through_every_stage_then_skips_what_is_current(tiny_model, tmp
         assert name in table  # the evaluation table, one column per model
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     assert set(results["results"]) == {"before", "after-sft", "after-kd"}
-    assert results["results"]["after-kd"]["svamp"]["n_samples"] == 6
+    assert results["results"]["after-kd"]["svamp"]["n_problems"] == 3
     card = (run_dir / "kd" / "push-preview").rglob("README.md")  # push reads kd.output when there is a kd stage
     assert any("me/tiny-train" in p.read_text() for p in card)
 

@@ -25,6 +25,10 @@ def set_cpu_env(cfg: TeacherConfig) -> None:
     # vLLM-CPU otherwise reserves most of a NUMA node for KV cache and fails to start (STACK.md).
     if cpu_only() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gb)
+    # vLLM-CPU keeps a core for its front end by default; in a batch run the engine needs every core
+    # (1.8x tokens/s on 2 cores, bench/bench_vllm_cpu.py)
+    if cpu_only():
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 
 class VLLMTeacher:
