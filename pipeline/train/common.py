@@ -275,6 +275,41 @@ def save_student(trainer, cfg: TrainConfig, tokenizer, pre: Preflight, out: Path
     return final
 
 
+def train_and_save(trainer, cfg: TrainConfig, stage: str, *, tokenizer, pre: Preflight, out: Path, fp: str,
+                   data_stats: dict, log_path: Path, series: tuple[str, ...] = ("loss",)) -> dict | None:
+    """Train (resuming from the last checkpoint), save the student and return the summary fields every training
+    stage shares; None on ranks other than the main one."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    resume = last_checkpoint(out) if cfg.resume else None
+    if resume and state.is_main_process:
+        print(f"{stage}: resuming from {resume}")
+    timer = Timer()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = timer.seconds
+    checksum = param_checksum(trainer.accelerator.unwrap_model(trainer.model))
+    checksums = gather_object([checksum]) if state.num_processes > 1 else [checksum]
+    model_dir = save_student(trainer, cfg, tokenizer, pre, out)
+    if not state.is_main_process:
+        return None
+    rows = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln] if log_path.exists() else []
+    points = {k: [r[k] for r in rows if k in r] for k in series}
+    epochs = trainer.state.epoch or 0
+    return {
+        "stage": stage, "fingerprint": fp, "student": cfg.student, "data": cfg.data, "model": str(model_dir),
+        "method": "lora" + ("-merged" if cfg.lora.merge else "-adapter") if cfg.lora.enabled else "full",
+        **data_stats, "steps": trainer.state.global_step, "epochs": round(epochs, 3),
+        **{f"{edge}_{k}": (v[0] if edge == "first" else v[-1]) if v else None
+           for k, v in points.items() for edge in ("first", "final")},
+        "train_loss": round(result.training_loss, 4), "train_seconds": seconds,
+        "tokens_per_second": round(data_stats["tokens_per_epoch"] * epochs / max(seconds, 1e-9), 1),
+        "turn_end": pre.turn_end, "stop_ids": pre.stop_ids, "precision": mixed_precision(cfg),
+        "ranks": state.num_processes, "rank_checksums": checksums, "resumed_from": resume,
+    }
+
+
 def plot_loss(log_path: Path, png: Path, title: str) -> None:
     import matplotlib
 
@@ -295,12 +330,6 @@ def plot_loss(log_path: Path, png: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
-
-
-def loss_points(log_path: Path) -> list[tuple[int, float]]:
-    if not log_path.exists():
-        return []
-    return [(r["step"], r["loss"]) for r in map(json.loads, log_path.read_text().splitlines()) if "loss" in r]
 
 
 class Timer:

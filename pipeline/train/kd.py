@@ -69,38 +69,18 @@ def run(cfg: KDConfig, callbacks: list | None = None) -> dict:
     p = build(cfg, raw, callbacks=[common.log_callback(log_path), *(callbacks or [])], verbose=state.is_main_process,
               tokenizer=tokenizer, vocab=vocab)
     trainer, tokenizer, pre, data_stats = p.trainer, p.tokenizer, p.preflight, p.data_stats
-    resume = common.last_checkpoint(out) if cfg.resume else None
-    if resume and state.is_main_process:
-        print(f"kd: resuming from {resume}")
-    timer = common.Timer()
-    result = trainer.train(resume_from_checkpoint=resume)
-    seconds = timer.seconds
-
-    from .sft import _gather
-
-    checksums = _gather(common.param_checksum(trainer.accelerator.unwrap_model(trainer.model)))
-    model_dir = common.save_student(trainer, cfg, tokenizer, pre, out)
-    if not state.is_main_process:
+    summary = common.train_and_save(trainer, cfg, "kd", tokenizer=tokenizer, pre=pre, out=out, fp=fp,
+                                    data_stats=data_stats, log_path=log_path, series=("loss", "kd", "ce"))
+    if summary is None:
         return {}
-    rows = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln] if log_path.exists() else []
-    series = {k: [r[k] for r in rows if k in r] for k in ("loss", "kd", "ce")}
-    summary = {
-        "stage": "kd", "fingerprint": fp, "student": cfg.student, "data": cfg.data, "model": str(model_dir),
+    summary.update({
         "mode": cfg.mode, "teacher": p.teacher, "vocab_check": p.vocab_check, "vocab_size": p.vocab_size,
         "temperature": cfg.temperature, "alpha": cfg.alpha, "divergence": cfg.divergence,
         **({"beta": cfg.beta} if cfg.divergence == "jsd" else {}),
         **({"tail": cfg.tail} if cfg.mode == "offline" else {}),
         **({"lmbda": cfg.lmbda, "max_new_tokens": cfg.max_new_tokens} if cfg.mode == "on_policy" else {}),
         "packing": p.packing,
-        "method": "lora" + ("-merged" if cfg.lora.merge else "-adapter") if cfg.lora.enabled else "full",
-        **data_stats, "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0, 3),
-        **{f"{edge}_{k}": (v[0] if edge == "first" else v[-1]) if v else None
-           for k, v in series.items() for edge in ("first", "final")},
-        "train_loss": round(result.training_loss, 4), "train_seconds": seconds,
-        "tokens_per_second": round(data_stats["tokens_per_epoch"] * (trainer.state.epoch or 0) / max(seconds, 1e-9), 1),
-        "turn_end": pre.turn_end, "stop_ids": pre.stop_ids, "precision": common.mixed_precision(cfg),
-        "ranks": state.num_processes, "rank_checksums": checksums, "resumed_from": resume,
-    }
+    })
     common.plot_loss(log_path, out / "loss.png", f"kd ({cfg.mode}): {Path(cfg.student).name}")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     print_summary(summary, out)

@@ -50,40 +50,14 @@ def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
     trainer = SFTTrainer(model=model, args=common.trainer_args(cfg, out), train_dataset=train,
                          processing_class=tokenizer, peft_config=common.peft_config(cfg),
                          callbacks=[common.log_callback(log_path), *(callbacks or [])])
-    resume = common.last_checkpoint(out) if cfg.resume else None
-    if resume and state.is_main_process:
-        print(f"sft: resuming from {resume}")
-    timer = common.Timer()
-    result = trainer.train(resume_from_checkpoint=resume)
-    seconds = timer.seconds
-
-    checksums = _gather(common.param_checksum(trainer.accelerator.unwrap_model(trainer.model)))
-    model_dir = common.save_student(trainer, cfg, tokenizer, pre, out)
-    if not state.is_main_process:
+    summary = common.train_and_save(trainer, cfg, "sft", tokenizer=tokenizer, pre=pre, out=out, fp=fp,
+                                    data_stats=data_stats, log_path=log_path)
+    if summary is None:
         return {}
-    losses = common.loss_points(log_path)
-    summary = {
-        "stage": "sft", "fingerprint": fp, "student": cfg.student, "data": cfg.data, "model": str(model_dir),
-        "method": "lora" + ("-merged" if cfg.lora.merge else "-adapter") if cfg.lora.enabled else "full",
-        **data_stats, "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0, 3),
-        "first_loss": losses[0][1] if losses else None, "final_loss": losses[-1][1] if losses else None,
-        "train_loss": round(result.training_loss, 4), "train_seconds": seconds,
-        "tokens_per_second": round(data_stats["tokens_per_epoch"] * (trainer.state.epoch or 0) / max(seconds, 1e-9), 1),
-        "turn_end": pre.turn_end, "stop_ids": pre.stop_ids, "precision": common.mixed_precision(cfg),
-        "ranks": state.num_processes, "rank_checksums": checksums, "resumed_from": resume,
-    }
     common.plot_loss(log_path, out / "loss.png", f"sft: {Path(cfg.student).name}")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     print_summary(summary, out)
     return summary
-
-
-def _gather(value: str) -> list[str]:
-    from accelerate.utils import gather_object
-
-    from accelerate import PartialState
-
-    return gather_object([value]) if PartialState().num_processes > 1 else [value]
 
 
 def print_summary(s: dict, out: Path) -> None:
