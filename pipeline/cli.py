@@ -107,22 +107,14 @@ def call_stage(stage: str, recipe) -> dict:
             result = filter_stage.run(section)
         except (ValueError, FileNotFoundError) as e:
             raise StageError(str(e)) from None
-    elif stage == "sft":
-        from .train import sft
+    elif stage in ("sft", "kd"):
+        import importlib
 
+        trainer_stage = importlib.import_module(f".train.{stage}", __package__)
         if section.data is None and recipe.filter is not None:
             section.data = recipe.filter.output  # the training set this recipe's filter writes
         try:
-            result = sft.run(section)
-        except (ValueError, FileNotFoundError, ImportError) as e:
-            raise StageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    elif stage == "kd":
-        from .train import kd
-
-        if section.data is None and recipe.filter is not None:
-            section.data = recipe.filter.output  # the training set this recipe's filter writes
-        try:
-            result = kd.run(section)
+            result = trainer_stage.run(section)
         except (ValueError, FileNotFoundError, ImportError) as e:
             raise StageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     elif stage == "evaluate":
