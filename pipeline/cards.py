@@ -295,7 +295,7 @@ def model_card(f: Facts, *, license: str | None = None) -> str:
     lines += ["## Limitations", "",
               "- Trained on math word problems with verifiable final answers; reasoning outside that domain is untested.",
               "- The traces come from one teacher and keep its mistakes in reasoning that ends in a correct answer.",
-              "- Scores depend on the sampling settings and the answer checker (math-verify on the last `\\boxed{}`); "
+              "- Scores depend on the sampling settings and the answer checker (math-verify's extraction and comparison, last `\\boxed{}` first); "
               "compare models only under the same protocol.", ""]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
@@ -446,7 +446,7 @@ def dataset_card(f: Facts, *, license: str | None = None) -> str:
         lines += ["", "Settings: " + "; ".join(f"`{k}` {_fmt(v)}" for k, v in settings) + "."]
     v = r.get("verify_reasons") or {}
     if v:
-        lines += ["", "Answer verification (math-verify on the last `\\boxed{}`): "
+        lines += ["", "Answer verification (math-verify's extraction and comparison, last `\\boxed{}` first): "
                   + ", ".join(f"{k} {n}" for k, n in sorted(v.items(), key=lambda kv: -kv[1])) + "."]
     k = r.get("kept_tokens") or {}
     if k.get("count"):

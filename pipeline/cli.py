@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from .config import ConfigError, load_recipe
 
@@ -32,6 +34,36 @@ def run_command(name: str, argv: list[str]) -> int:
     return command(argv)
 
 
+class _Interrupts:
+    """Counts Ctrl-C so that a library that swallows a KeyboardInterrupt cannot turn it into exit 0."""
+
+    seen = 0
+
+    @classmethod
+    def handler(cls, signum, frame):
+        cls.seen += 1
+        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as Python does by default
+
+    @classmethod
+    def install(cls) -> bool:
+        """Count from now on (main thread, default handler only); True when installed (uninstall after)."""
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, cls.handler)
+            return True
+        return False
+
+    @classmethod
+    def uninstall(cls) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupted(stage: str) -> int:
+    saved = "finished rows are saved, " if stage == "generate" else ""
+    print(f"\ndistill {stage}: interrupted; {saved}rerun the same command to continue", file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     # vLLM logs every engine detail at INFO; keep the stage's own output readable unless asked otherwise
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -56,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = argv[len(head):]
     if args.stage in ("push", "run"):  # `distill push RECIPE --dry-run` is --push.dry_run true
         overrides = ["--push.dry_run" if a == "--dry-run" else a for a in overrides]
+    counting = _Interrupts.install()
+    seen = _Interrupts.seen
     try:
         recipe = load_recipe(args.recipe, overrides)
         if args.stage == "run":
@@ -64,17 +98,18 @@ def main(argv: list[str] | None = None) -> int:
             run_all.run(recipe, call_stage)
         else:
             call_stage(args.stage, recipe)
-        return 0
+        return _interrupted(args.stage) if _Interrupts.seen > seen else 0
     except ConfigError as e:
         print(f"distill {args.stage}: config error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        saved = "finished rows are saved, " if args.stage == "generate" else ""
-        print(f"\ndistill {args.stage}: interrupted; {saved}rerun the same command to continue", file=sys.stderr)
-        return 130
+        return _interrupted(args.stage)
     except StageError as e:
         print(f"distill {args.stage}: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if counting:
+            _Interrupts.uninstall()
 
 
 class StageError(Exception):

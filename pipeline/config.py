@@ -99,7 +99,6 @@ class GenerateConfig:
 class VerifyConfig:
     timeout_s: float = field(default=5.0, metadata={"min": 0.1})  # wall-clock limit per answer check (a hung check is killed, not waited for)
     workers: int | None = field(default=None, metadata={"min": 1})  # verification processes (default: all cores)
-    fallbacks: list[Literal["answer_is", "last_number"]] = field(default_factory=lambda: ["answer_is", "last_number"])
 
 
 @dataclass
@@ -110,6 +109,7 @@ class FilterConfig:
     require_complete: bool = True  # finish_reason == stop (not truncated)
     require_reasoning: bool = True  # a non-empty reasoning block (turn off for non-reasoning teachers)
     check_format: bool = True  # balanced think tags, one final answer
+    require_boxed: bool = False  # the final text has a \\boxed{} answer (the verifier also reads unboxed answers)
     min_tokens: int | None = field(default=None, metadata={"min": 0})  # completion length bounds, in teacher tokens
     max_tokens: int | None = field(default=None, metadata={"min": 1})
     max_repeat_ratio: float | None = 0.5  # drop degenerate loops: share of repeated word n-grams (null: off)

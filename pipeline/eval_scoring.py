@@ -28,7 +28,7 @@ def verify_records(records: list[dict], cfg: VerifyConfig, *, progress: bool = F
     todo = [r for r in records if r.get("error") is None and r.get("completion") is not None]
     finals = [split_reasoning(r["completion"])[2] for r in todo]
     verdicts = verify_many([str(r["answer"]) for r in todo], finals, timeout_s=cfg.timeout_s, workers=cfg.workers,
-                           fallbacks=tuple(cfg.fallbacks), progress=progress) if todo else []
+                           progress=progress) if todo else []
     for r in records:
         r.update(predicted=None, correct=False, verify_reason=REQUEST_FAILED)
     for r, v in zip(todo, verdicts):
@@ -102,7 +102,7 @@ def _settle(j: int, distinct: list[list[str]], reps: list[list[str]], groups: li
             if same is None:
                 asks.append((p, g))
     verdicts = pool.verify_many([reps[p][g] for p, g in asks], [f"\\boxed{{{distinct[p][j]}}}" for p, g in asks],
-                                timeout_s=timeout_s, fallbacks=()) if asks else []
+                                timeout_s=timeout_s) if asks else []
     accepted = defaultdict(list)
     for (p, g), v in zip(asks, verdicts):
         if v.correct:

@@ -33,6 +33,7 @@ from .teachers.base import GenRequest, GenResult, make_teacher, split_reasoning,
 from .teachers.prompts import chat_messages
 from .teachers.server import serving_urls
 from .traces_store import atomic_write_text, save_dataset_atomically
+from .verify import VERIFIER_ID, start_default_pool
 
 
 class EvaluateError(ValueError):
@@ -43,6 +44,8 @@ def run(cfg: EvaluateConfig) -> dict:
     """Evaluate every model on every benchmark; returns the results (as in OUTPUT/results.json) and the Markdown
     table ("table")."""
     started = time.monotonic()
+    if cfg.verify.workers is None:
+        start_default_pool()  # the verifier starts while the models generate
     models = resolve_models(cfg)
     sampling = resolve_sampling(cfg)
     ks = resolve_ks(cfg.ks, sampling.n)
@@ -70,7 +73,7 @@ def run(cfg: EvaluateConfig) -> dict:
         "benchmarks": [{"name": b.name, "source": b.cfg.source, "split": b.cfg.split, "n_problems": len(b.problems),
                         "contamination": b.contamination} for b in benches],
         "sampling": {**asdict(sampling), "greedy": cfg.greedy}, "ks": ks,
-        "prompt": asdict(cfg.prompt), "verify": {"timeout_s": cfg.verify.timeout_s, "fallbacks": cfg.verify.fallbacks},
+        "prompt": asdict(cfg.prompt), "verify": {"timeout_s": cfg.verify.timeout_s, "verifier": VERIFIER_ID},
         "results": {m.name: {p.bench.name: p.metrics for p in pairs if p.model is m} for m in models},
         "wall_s": None,
     }
@@ -175,7 +178,7 @@ def plan_pair(cfg: EvaluateConfig, out: Path, model: EvalModelConfig, bench: Ben
           "prompt": asdict(cfg.prompt),
           "sampling": {k: v for k, v in asdict(sampling).items() if k not in ("n", "logprobs")}}
     scoring = {"ks": ks, "bootstrap": cfg.bootstrap, "seed": sampling.seed, "timeout_s": cfg.verify.timeout_s,
-               "fallbacks": list(cfg.verify.fallbacks)}
+               "verifier": VERIFIER_ID}
     blob = json.dumps([sampling.n, list(problems["id"]), list(problems["problem"]), list(problems["answer"])])
     pair = Pair(model, bench, out / "pairs" / slug(model.name) / slug(bench.name), fp, scoring,
                 hashlib.sha256(blob.encode()).hexdigest()[:16], n=sampling.n)

@@ -20,13 +20,14 @@ from .config import FilterConfig, config_hash
 from .data import load_problems
 from .filter_report import write_report
 from .traces_store import atomic_write_text, data_fingerprint, save_dataset_atomically
+from .verify import VERIFIER_ID, start_default_pool, verify_many
 
 # column -> accepted Arrow-backed Python types, for the one-line schema error
 REQUIRED = {"id": "string", "sample": "int", "problem": "string", "answer": "string", "completion": "string",
             "reasoning": "string", "final": "string", "finish_reason": "string"}
 KD_COLUMNS = ("completion_token_ids", "topk_ids", "topk_logprobs")
-REASONS = ("generation error", "contaminated", "truncated", "no reasoning", "malformed", "too short", "too long",
-           "repetitive", "incorrect", "duplicate", "pass rate out of band", "over per-problem cap")
+REASONS = ("generation error", "contaminated", "truncated", "no reasoning", "malformed", "no boxed answer", "too short",
+           "too long", "repetitive", "incorrect", "duplicate", "pass rate out of band", "over per-problem cap")
 
 
 class FilterError(ValueError):
@@ -41,6 +42,8 @@ def run(cfg: FilterConfig) -> dict:
     if source.exists() and (out.resolve() in (source.resolve(), (source / "dataset").resolve())
                             or (out / "run.json").exists() or (out / "shards").exists()):
         raise FilterError(f"filter.output {out} is the traces folder itself; choose another folder")
+    if cfg.require_correct and cfg.verify.workers is None:
+        start_default_pool()  # the verifier starts while the traces load
     traces = load_traces(cfg.input)
     check_schema(traces, cfg.input)
     fingerprint = {"config": filter_fingerprint(cfg), "input": data_fingerprint(traces)}
@@ -60,6 +63,7 @@ def run(cfg: FilterConfig) -> dict:
     failing = Counter()
 
     def fail(i: int, reason: str) -> None:
+        assert reason in REASONS, reason  # a reason the report does not list would vanish from it
         failing[reason] += 1
         if first_reason[i] is None:
             first_reason[i] = reason
@@ -69,11 +73,9 @@ def run(cfg: FilterConfig) -> dict:
     contamination = decontamination_hits(cols["id"], cols["problem"], cfg)
     flagged = {h["id"] for h in contamination}
     tokens = token_counts(cols, n)
-    from .verify import verify_many
-
     finals = [f or "" for f in cols["final"]]
     verdicts = verify_many([str(a) for a in cols["answer"]], finals, timeout_s=cfg.verify.timeout_s,
-                           workers=cfg.verify.workers, fallbacks=tuple(cfg.verify.fallbacks), progress=cfg.progress)
+                           workers=cfg.verify.workers, progress=cfg.progress)
     for i in range(n):
         completion = cols["completion"][i] or ""
         reasoning, final = cols["reasoning"][i] or "", cols["final"][i] or ""
@@ -88,6 +90,8 @@ def run(cfg: FilterConfig) -> dict:
             fail(i, "no reasoning")
         if cfg.check_format and checks.format_problem(completion, reasoning, final):
             fail(i, "malformed")
+        if cfg.require_boxed and not checks.has_boxed(final):
+            fail(i, "no boxed answer")
         if cfg.min_tokens is not None and tokens[i] < cfg.min_tokens:
             fail(i, "too short")
         if cfg.max_tokens is not None and tokens[i] > cfg.max_tokens:
@@ -192,6 +196,7 @@ def filter_fingerprint(cfg: FilterConfig) -> str:
     for k in ("output", "overwrite", "progress", "input"):
         d.pop(k)
     d["verify"].pop("workers")
+    d["verifier"] = VERIFIER_ID  # a new verifier's verdicts make a new training set
     return config_hash(d)
 
 

@@ -38,6 +38,11 @@ def format_problem(completion: str, reasoning: str, final: str) -> str | None:
     return None
 
 
+def has_boxed(final: str) -> bool:
+    """The final text gives its answer in a \\boxed{} (or \\fbox{})."""
+    return _BOXED.search(final) is not None
+
+
 def _boxed_content(text: str, start: int) -> str:
     depth, i = 1, start
     while i < len(text) and depth:

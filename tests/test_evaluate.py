@@ -118,7 +118,7 @@ def test_scoring_on_known_completions(scripted, tmp_path, capsys):
     samples = datasets.load_from_disk(str(out / "samples"))
     assert set(samples.column_names) == RECORD_COLUMNS and len(samples) == 12
     row = {(x["id"], x["sample"]): x for x in samples}
-    assert row[("half", 1)]["predicted"] == "0.5" and row[("half", 1)]["correct"]
+    assert row[("half", 1)]["predicted"] == "\\frac{1}{2}" and row[("half", 1)]["correct"]
     assert row[("four", 3)]["predicted"] is None and row[("four", 3)]["finish_reason"] == "length"
     assert row[("ten", 0)]["error"] == "HTTP 503: overloaded" and row[("ten", 0)]["verify_reason"] == "request failed"
     assert row[("ten", 1)]["predicted"] == "10"

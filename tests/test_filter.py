@@ -193,3 +193,19 @@ filter:
 def test_output_into_the_traces_folder_is_refused(traces_dir):
     with pytest.raises(filter_stage.FilterError, match="traces folder itself"):
         filter_stage.run(cfg(traces_dir, traces_dir))
+
+
+def test_require_boxed_is_a_format_rule_of_the_filter(tmp_path):
+    """The verifier reads an unboxed answer; requiring a box is the filter's choice (filter.require_boxed)."""
+    rows = [trace("q1", 0, "What is 2 + 2?", "4", "<think>\n2 + 2 = 4\n</think>\n\nThe answer is 4."),
+            trace("q1", 1, "What is 2 + 2?", "4", "<think>\n2 plus 2 makes 4\n</think>\n\nSo $\\boxed{4}$."),
+            trace("q2", 0, "What is 3 + 3?", "6", "<think>\n3 + 3 = 6\n</think>\n\nThe answer is 7.")]
+    path = tmp_path / "traces"
+    datasets.Dataset.from_list(rows).save_to_disk(str(path))
+    loose = filter_stage.run(cfg(str(path), tmp_path / "a", "--filter.dedup", "false"))
+    assert loose["rows_kept"] == 2 and loose["rejected"] == {"incorrect": 1}
+    strict = filter_stage.run(cfg(str(path), tmp_path / "b", "--filter.dedup", "false",
+                                  "--filter.require_boxed", "true"))
+    assert strict["rows_kept"] == 1 and strict["rejected"] == {"no boxed answer": 2}
+    assert strict["failing_checks"]["incorrect"] == 1  # every check is still counted on every row
+    assert checks.has_boxed("so \\boxed{4}") and checks.has_boxed("\\fbox{4}") and not checks.has_boxed("4")

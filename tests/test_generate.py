@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pipeline.teachers.server import free_port
 from pipeline.traces_store import OutputConfigMismatch
 
 from fault_proxy import FaultProxy
+from openai_stub import OpenAIStub
 
 EXPECTED_COLUMNS = {"id", "sample", "problem", "answer", "source", "teacher", "messages", "completion", "reasoning",
                     "final", "finish_reason", "prompt_tokens", "completion_tokens", "completion_token_ids",
@@ -267,7 +269,12 @@ def _wait_for_shards(out: Path, count: int, proc: subprocess.Popen, timeout: flo
 def test_resume_after_kill_has_every_row_exactly_once(sig, vllm_server, tiny_model, problems_file, tmp_path):
     out = tmp_path / "out"
     upstream = vllm_server.removesuffix("/v1")
-    with FaultProxy(upstream, plan=["slow"], delay_s=0.4) as proxy:
+    # requests after the third hang (until the client goes) while `hold` is set: the run cannot finish before
+    # the signal, however slow the machine (a fixed per-request delay once let it win the race under load)
+    hold = threading.Event()
+    hold.set()
+    plan = lambda i, path: "slow" if i >= 3 and hold.is_set() else "pass"  # noqa: E731
+    with FaultProxy(upstream, plan=plan, delay_s=120) as proxy:
         args = overrides(tiny_model, problems_file, out, **{
             "teacher.backend": "openai", "teacher.base_urls": [proxy.url + "/v1"], "teacher.concurrency": 1,
             "shard_size": 1, "sampling.n": 3})
@@ -279,14 +286,70 @@ def test_resume_after_kill_has_every_row_exactly_once(sig, vllm_server, tiny_mod
             assert proc.returncode == 130 and "rerun the same command to continue" in log
         assert not (out / "dataset").exists() and not (out / "summary.json").exists()  # nothing looks complete
         saved = len(datasets.load_dataset("parquet", data_files=str(out / "shards" / "*.parquet"))["train"])
-        assert 3 <= saved < 12
+        assert saved == 3
 
+        hold.clear()
         proc = _cli(args)
         log = proc.communicate(timeout=300)[0]
         assert proc.returncode == 0, log
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reused_rows"] == saved and summary["generated_this_run"] == 12 - saved
     assert_complete(load(out), 4, 3)
+
+
+# --------------------------------------------- the same against a stand-in teacher server (fast suite)
+
+def _stub_args(url: str, problems_file: str, out: Path, **kv) -> list[str]:
+    return overrides("stub-teacher", problems_file, out, **{
+        "teacher.backend": "openai", "teacher.base_urls": [url], "teacher.concurrency": 1, "shard_size": 1,
+        "sampling.n": 3, **kv})
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_kill_during_a_request_then_resume_fast(sig, problems_file, tmp_path):
+    """Ctrl-C (exit 130, the one-line hint) or kill -9 while a request is in flight, then a rerun: every
+    (id, sample) exactly once, the finished rows reused and not asked again."""
+    out = tmp_path / "out"
+    with OpenAIStub(hold_after=3) as stub:
+        stub.hold.set()
+        args = _stub_args(stub.url, problems_file, out)
+        proc = _cli(args)
+        stub.wait_until_held()
+        _wait_for_shards(out, 3, proc)
+        proc.send_signal(sig)
+        log = proc.communicate(timeout=60)[0]
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130, log
+            assert log.strip().splitlines()[-1] == ("distill generate: interrupted; finished rows are saved, "
+                                                    "rerun the same command to continue")
+        else:
+            assert proc.returncode == -signal.SIGKILL
+        assert not (out / "dataset").exists() and not (out / "summary.json").exists()
+        stub.hold.clear()
+        asked = stub.arrived
+        proc = _cli(args)
+        log = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 0, log
+        assert stub.arrived - asked == 9  # only the rows that were not saved
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reused_rows"] == 3 and summary["generated_this_run"] == 9
+    ds = load(out)
+    assert_complete(ds, 4, 3)
+    assert all(f"\\boxed{{{i}}}" in c for c, i in zip(ds["completion"], [int(p[1]) for p in ds["id"]]))
+
+
+def test_ctrl_c_during_retry_backoff_exits_130(problems_file, tmp_path):
+    """Every request answered 503: the client is sleeping between retries when Ctrl-C comes."""
+    out = tmp_path / "out"
+    with OpenAIStub() as stub, FaultProxy(stub.url.removesuffix("/v1"), plan=["503"]) as proxy:
+        proc = _cli(_stub_args(proxy.url + "/v1", problems_file, out, **{"teacher.max_retries": 50}))
+        deadline = time.monotonic() + 120
+        while proxy.counts["503"] < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        log = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130 and "rerun the same command to continue" in log, log
+    assert not (out / "summary.json").exists()
 
 
 # --------------------------------------------------------------------------------- in-process vLLM

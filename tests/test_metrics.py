@@ -71,7 +71,7 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_problems():
 
 def verified_same(a: str, b: str) -> bool:
     """The evaluate stage's equivalence, one pair at a time: b, boxed, verifies against a as gold."""
-    return verify_many([a], [f"\\boxed{{{b}}}"], fallbacks=())[0].correct
+    return verify_many([a], [f"\\boxed{{{b}}}"])[0].correct
 
 
 def test_maj_at_k_groups_equivalent_forms():

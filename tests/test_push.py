@@ -94,7 +94,7 @@ def run_dir(tiny_model, tmp_path_factory) -> Path:
         "sampling": {"n": 4, "temperature": 0.6, "top_p": 0.95, "max_tokens": 1024, "seed": 0, "greedy": False},
         "ks": [1, 2, 4], "prompt": {"instruction": "Please reason step by step, and put your final answer within \\boxed{}.",
                                     "system": None, "template": "{problem}\n{instruction}"},
-        "verify": {"timeout_s": 5.0, "fallbacks": []}, "wall_s": 1.0,
+        "verify": {"timeout_s": 5.0}, "wall_s": 1.0,
         "results": {},
     }
     for j, m in enumerate(results["models"]):

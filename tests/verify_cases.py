@@ -1,23 +1,37 @@
-"""Labelled (gold, completion, expected_correct) cases for pipeline.verify, grouped by the form tested.
+r"""Labelled (gold, completion, expected, source) cases for pipeline.verify, grouped by the form tested.
 
-Decisions on ambiguous equivalences (what `verify_answer` does, and these cases pin down):
-- percentages: a percentage equals its number and its value: 50% == 50 == 0.5 (math-verify's rule;
-  a model that writes "50" for "what percent ..." is right). 50% != 5.
-- decimals vs fractions: equal when they agree to 6 decimal places (math-verify's float_rounding=6):
-  1/3 == 0.333333, but 1/3 != 0.33 and 1/3 != 0.333.
-- pi is not 3.14 (nor 3.14159): a decimal approximation of an irrational number is not the answer.
-- units, degrees, currency: dropped (5 cm == 5, 30^\\circ == 30, \\$18 == 18, "18 dollars" == 18).
-- thousands separators: 1,000 == 1000 (also 10,\\!080 and 1{,}000), but "1,2" is the set {1, 2} and
-  "(1, 2)" a pair/interval.
-- sets ignore order ({1,2} == {2,1}, "3, 5, 7" == "7, 5, 3"); tuples and intervals do not
-  ((1,2) != (2,1), [0,1) != (0,1]).
-- a partial answer to a multi-part gold is wrong ("(1, 2)" vs "1"; "3, 5, 7" vs "3, 5").
-- plain-text golds compare as normalised strings (case, spaces, outer punctuation ignored):
-  "Monday" == "\\text{monday}", "yes" != "sey", "Evelyn" != "Eve".
-- an answer given as an equation for a numeric gold counts: x = 3 == 3.
-- fallbacks: with no box, "the answer is X" is used; then the last number in the text, but only
-  when the gold is numeric. A box always wins over "the answer is".
+`expected` is what a careful reader of the completion would say, and what `verify_answer` must say; `source`
+says where the case came from:
+- "project table": the table kept since the filter stage was written (issue 3), three rows relabelled when
+  extraction moved to math-verify (each says why);
+- "issue 12: ...": written afresh for the answer forms the verification issue lists (unboxed LaTeX, relations,
+  equations, several boxes, matrices, no number read out of an expression, decimal commas and spaced
+  thousands, `\text{E}`, chat-template tails);
+- "math500:<id>", "gsm8k:<id>": real benchmark golds from data/benchmarks against their own reference
+  solutions (correct) or another problem's (wrong, only where both golds are different integers, so the
+  label is certain).
+
+Decisions on ambiguous equivalences (math-verify's, unless said otherwise):
+- percentages: a percentage equals its number and its value: 50% == 50 == 0.5. 50% != 5.
+- decimals vs fractions: equal when they agree to 6 decimal places: 1/3 == 0.333333, but 1/3 != 0.33.
+- pi is not 3.14 (nor 3.14159).
+- units, degrees, currency: dropped (5 cm == 5, 30^\circ == 30, \$18 == 18, "18 dollars" == 18).
+- thousands separators: 1,000 == 1000 == 1 000; a decimal comma reads as a decimal point (1000,99 ==
+  1000.99); a bare gold "a,b" that is no thousands group (1,3) also reads as the list {a, b} (the project's rule).
+- sets ignore order, tuples and intervals do not; several boxes joined by commas or "and" are one set.
+- a partial answer to a multi-part gold is wrong.
+- plain-text golds compare as normalised strings (the project's rule): "Monday" == "\text{monday}", "yes" != "sey".
+- an equation or assignment answers a numeric gold by its right side: x = 3 == 3; relations compare as
+  relations (x \geq 5 == 5 \leq x).
+- without a box, the answer is the last LaTeX expression, else the last number or arithmetic expression in the
+  text (so "between 3-2 days" answers 1); a number is never read out of the middle of an expression
+  (\frac{10}{9} is not 9).
 """
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 B = "\\boxed{{{}}}"
 
@@ -26,7 +40,7 @@ def bx(ans: str, pre: str = "Let me work it out step by step. ", post: str = "")
     return pre + "So the final answer is $\\boxed{" + ans + "}$." + post
 
 
-CASES: list[tuple[str, str, bool]] = [
+PROJECT_TABLE: list[tuple[str, str, bool]] = [
     # ---- integers
     ("18", bx("18"), True),
     ("18", bx("17"), False),
@@ -213,7 +227,7 @@ CASES: list[tuple[str, str, bool]] = [
     ("\\frac{\\sqrt{3}}{3}", "We get \\boxed{\\frac{\\sqrt{3}}{3}} at last.", True),
     ("\\{1,2\\}", "Hence \\boxed{\\{1, 2\\}}.", True),
     ("\\frac{1}{4}", "\\boxed{\\frac{1}{\\left(2\\right)^{2}}}", True),
-    ("5", "First I thought \\boxed{4}, but rechecking gives \\boxed{5}.", True),
+    ("5", "First I thought \\boxed{4}, but rechecking gives \\boxed{5}.", False),  # two boxes joined by a comma are one set {4, 5} (math-verify)
     ("4", "First I thought \\boxed{4}, but rechecking gives \\boxed{5}.", False),
     ("5", "Answer: \\boxed{5} (not \\boxed{6", True),  # an unbalanced last box is skipped
     ("5", "\\boxed{} and then \\boxed{5}", True),
@@ -225,7 +239,7 @@ CASES: list[tuple[str, str, bool]] = [
     ("42", "The final answer is $42$. I hope it is correct.", True),
     ("\\frac{1}{2}", "Final Answer: $\\frac{1}{2}$", True),
     ("\\frac{1}{2}", "**Final Answer:** 1/2", True),
-    ("(1, 2)", "So the answer is (1, 2).\nDone.", True),
+    ("(1, 2)", "So the answer is (1, 2).\nDone.", False),  # a pair outside math mode is not extracted (math-verify reads the number 2)
     ("(1, 2)", "So the answer is (2, 1).\nDone.", False),
     ("3.5", "The answer is 3.5 hours.", True),
     # ---- last-number fallback (numeric golds only)
@@ -235,7 +249,7 @@ CASES: list[tuple[str, str, bool]] = [
     ("1234", "Summing everything gives 1,234", True),
     ("12345", "Summing everything gives 1,2345", False),  # not a thousands group: the last number is 2345
     ("-3", "the temperature drops to -3", True),
-    ("2", "between 3-2 days", True),
+    ("2", "between 3-2 days", False),  # 3-2 is the expression 1, not the number 2
     ("\\text{Monday}", "It was Monday 3", False),  # no last-number fallback for a text gold
     ("(1, 2)", "the point is at 1 and 2", False),  # nor for a tuple
     # ---- no answer at all
@@ -243,3 +257,174 @@ CASES: list[tuple[str, str, bool]] = [
     ("5", "", False),
     ("\\frac{1}{2}", "Let us think about it", False),
 ]
+
+
+ISSUE_12: dict[str, list[tuple[str, str, bool]]] = {
+    "unboxed answers (last LaTeX expression)": [
+        ("\\frac{1}{3}", "Dividing both sides by 3 gives the probability, so $\\frac13$", True),
+        ("\\frac{1}{3}", "Dividing both sides by 4 gives the probability, so $\\frac14$", False),
+        ("9", "Thus the number of ways is \\( 9 \\).", True),
+        ("9", "Thus the number of ways is \\( 8 \\).", False),
+        ("(1, +\\infty)", "The range of the function is\n$$(1, +\\infty)$$", True),
+        ("(1, \\infty)", "The range of the function is\n$$(1, +\\infty)$$", True),
+        ("(1, +\\infty)", "The range of the function is\n$$[1, +\\infty)$$", False),
+        ("\\sqrt{2}", "The diagonal of the unit square is \\[\\sqrt{2}\\]", True),
+        ("2\\sqrt{2}", "So the side length is \\[\\sqrt{8}\\]", True),
+        ("2\\sqrt{2}", "So the side length is \\[\\sqrt{6}\\]", False),
+        ("12", "We have $3 \\cdot 4 = 12$ so there are $12$ squares.", True),
+        ("12", "We have $3 \\cdot 4 = 12$ so there are $13$ squares.", False),
+        ("-\\frac{3}{2}", "Solving for the slope we find $m = -\\frac{3}{2}$.", True),
+        ("-\\frac{3}{2}", "Solving for the slope we find $m = \\frac{3}{2}$.", False),
+        ("\\frac{\\pi}{6}", "The angle is $\\theta = \\frac{\\pi}{6}$.", True),
+        ("\\frac{\\pi}{6}", "The angle is $\\theta = \\frac{\\pi}{3}$.", False),
+        ("x^2+2x+1", "Expanding gives $x^2 + 2x + 1$.", True),
+        ("3", "First $x = 5$, and after correcting the sign, $x = 3$.", True),
+        ("5", "First $x = 5$, and after correcting the sign, $x = 3$.", False),
+        ("\\frac{1}{2}", "The answer is \\(\\dfrac{1}{2}\\)", True),
+    ],
+    "relations and inequalities": [
+        ("x \\geq 5", "So the solution set is $5 \\leq x$.", True),
+        ("x \\geq 5", "So the solution set is $x \\geq 5$.", True),
+        ("x \\geq 5", "So the solution set is $x > 5$.", False),
+        ("x \\geq 5", "So the solution set is $x \\leq 5$.", False),
+        ("x \\neq 3", "The expression is defined for all $x \\neq 3$.", True),
+        ("x \\neq 3", "The expression is defined for all $x \\neq -3$.", False),
+        ("x < 2", "\\boxed{x<2}", True),
+        ("x < 2", "\\boxed{2 > x}", True),
+        ("x < 2", "\\boxed{x \\le 2}", False),
+        ("1 < x < 3", "\\boxed{1<x<3}", True),
+        ("1 < x < 3", "\\boxed{1<x<4}", False),
+        ("a \\ge 0", "so the condition is $\\boxed{a \\geq 0}$", True),
+    ],
+    "equations whose right side is the answer": [
+        ("1", "Substituting back, we get $k = 1$", True),
+        ("1", "Substituting back, we get $k = 2$", False),
+        ("-4", "\\boxed{a=-4}", True),
+        ("-4", "\\boxed{a=4}", False),
+        ("5", "The answer: $x=5$", True),
+        ("y = 2x + 3", "\\boxed{y=2x+3}", True),
+        ("y = 2x + 3", "\\boxed{2x+3}", True),
+        ("y = 2x + 3", "\\boxed{y=3x+2}", False),
+        ("\\frac{7}{2}", "Therefore $t = \\frac{7}{2}$ seconds.", True),
+        ("\\frac{7}{2}", "Therefore $t = \\frac{2}{7}$ seconds.", False),
+    ],
+    "sets and several boxes": [
+        ("\\{1,2\\}", "The roots are \\boxed{1}, \\boxed{2}", True),
+        ("\\{1,2\\}", "The roots are \\boxed{1} and \\boxed{2}", True),
+        ("1, 2", "The roots are $\\boxed{2}$ and $\\boxed{1}$", True),
+        ("\\{1,2\\}", "The roots are \\boxed{1}, \\boxed{3}", False),
+        ("\\{1,2\\}", "The only root is \\boxed{1}", False),
+        ("\\{-1, 1\\}", "So $x = \\pm 1$, that is \\boxed{-1, 1}", True),
+        ("1,3", "The values are \\boxed{1,3}", True),
+        ("1,3", "The values are \\boxed{3, 1}", True),
+        ("1,3", "The only value is \\boxed{1}", False),
+        ("11,13", "Hence \\boxed{11, 13}.", True),
+        ("-2,1", "The integer roots are \\boxed{-2, 1}", True),
+        ("-2,1", "The integer roots are \\boxed{1,-2}", True),
+        ("-2,1", "The integer roots are \\boxed{2, -1}", False),
+        ("2, 3", "so $x=2$ or $x=3$: \\boxed{2, 3}", True),
+    ],
+    "matrices and vectors without a box": [
+        ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "The projection is $\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}$.", True),
+        ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "The projection is $\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}$.", False),
+        ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "So\n$$\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}$$", True),
+        ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "So\n$$\\begin{pmatrix} 1 & 3 \\\\ 2 & 4 \\end{pmatrix}$$", False),
+        ("\\begin{pmatrix} -1 \\\\ 0 \\\\ 5 \\end{pmatrix}", "Hence the vector is \\[\\begin{pmatrix} -1 \\\\ 0 \\\\ 5 \\end{pmatrix}\\]", True),
+        ("\\begin{pmatrix} \\frac{1}{2} \\\\ 3 \\end{pmatrix}", "\\boxed{\\begin{pmatrix} 0.5 \\\\ 3 \\end{pmatrix}}", True),
+    ],
+    "no number read out of an expression": [
+        ("9", "Simplifying the ratio, the value is \\frac{10}{9}", False),
+        ("\\frac{10}{9}", "Simplifying the ratio, the value is \\frac{10}{9}", True),
+        ("3", "The probability is $\\dfrac{1}{3}$", False),
+        ("\\frac{1}{3}", "The probability is $\\dfrac{1}{3}$", True),
+        ("3", "Each slice is \\frac{1}{3} of the cake", False),
+        ("2", "The side is $\\sqrt{2}$", False),
+        ("4", "The area is $x^4$", False),
+        ("10", "Hence the total is $10^{3}$.", False),
+        ("1000", "Hence the total is $10^{3}$.", True),
+        ("5", "the result is 15", False),
+    ],
+    "decimal commas, spaced thousands, leading decimal point": [
+        ("1000", "The total comes to 1 000", True),
+        ("1000000", "That makes 1 000 000 in all", True),
+        ("1000.99", "The price is 1000,99", True),
+        ("0.111", "The share is 0,111", True),
+        ("0,111", "The share is 0.111", True),
+        ("1,22", "The ratio is 1.22", True),
+        ("1,22", "The ratio is 1.23", False),
+        ("0.4", "The probability is .4", True),
+        ("0.4", "\\boxed{.4}", True),
+        ("3.85", "Le total : 3,85 €", True),
+        ("7425000", "The population was 7,425,000", True),
+        ("1000", "It is 1000.0", True),
+        ("1000.5", "It is 1,000.5", True),
+        ("58,500", "\\boxed{58500}", True),
+        ("58,500", "\\boxed{58,500}", True),
+        ("58,500", "\\boxed{585}", False),
+    ],
+    "letters as answers: \\text{E}, E, \\mathrm{e}": [
+        ("E", "The correct option is \\boxed{\\text{E}}", True),
+        ("\\text{E}", "The correct option is \\boxed{E}", True),
+        ("E", "The correct option is \\boxed{\\text{D}}", False),
+        ("(E)", "The correct option is \\boxed{E}", True),
+        ("\\textbf{(B)}", "\\boxed{B}", True),
+        ("B", "\\boxed{\\textbf{(B)}}", True),
+        ("B", "\\boxed{\\textbf{(C)}}", False),
+        ("e^2", "\\boxed{e^{2}}", True),
+    ],
+    "chat-template tails": [
+        ("5", "The answer is \\boxed{5}.<|im_end|>\n<|im_start|>user\nNow solve 7+8.<|im_end|>\n<|im_start|>assistant\n\\boxed{15}", True),
+        ("15", "The answer is \\boxed{5}.<|im_end|>\n<|im_start|>user\nNow solve 7+8.<|im_end|>\n<|im_start|>assistant\n\\boxed{15}", False),
+        ("12", "So she has 12 apples<|im_start|>user", True),
+        ("12", "So she has 12 apples<|endoftext|>Human: what is 3+4? Assistant: 7", True),
+        ("7", "So she has 12 apples<|endoftext|>Human: what is 3+4? Assistant: 7", False),
+        ("8", "The answer is $8$<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nAnd 2+2? 4", True),
+        ("4", "The answer is $8$<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nAnd 2+2? 4", False),
+        ("3", "\\boxed{3}</s>\\boxed{9}", True),
+    ],
+    "final-answer phrases (Minerva style)": [
+        ("42", "Final Answer: The final answer is $42$. I hope it is correct.", True),
+        ("42", "Final Answer: The final answer is $41$. I hope it is correct.", False),
+        ("\\frac{\\pi}{4}", "Final Answer: The final answer is $\\frac{\\pi}{4}$. I hope it is correct.", True),
+        ("\\frac{\\pi}{4}", "Final Answer: The final answer is $\\frac{\\pi}{2}$. I hope it is correct.", False),
+        ("17", "The answer is 17, since 17 is prime and 15 is not.", True),
+        ("6", "**Answer:** 6", True),
+        ("6", "**Answer:** 7", False),
+        ("5", "The final answer is $4$. I hope it is correct.\nWait, 2+3 is not 4: \\boxed{5}", True),
+        ("4", "The final answer is $4$. I hope it is correct.\nWait, 2+3 is not 4: \\boxed{5}", False),
+        ("12", "Final answer is $10$. I hope it is correct. Recounting gives $\\boxed{12}$.", True),
+    ],
+}
+
+
+def _read(name: str) -> list[dict]:
+    """Rows of a bundled benchmark file (data/benchmarks)."""
+    path = Path(__file__).resolve().parent.parent / "data" / "benchmarks" / f"{name}_test.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _is_int(s: str) -> bool:
+    return s.lstrip("-").isdigit()
+
+
+def _benchmark_cases() -> list[tuple[str, str, bool, str]]:
+    """Real golds against their own reference solutions (correct) and, for integer golds, against the solution
+    of the next problem with a different integer gold (wrong)."""
+    out = []
+    for name, count in (("math500", 100), ("gsm8k", 50)):
+        rows = [r for r in _read(name) if r.get("solution")][:count]
+        ints = [r for r in rows if _is_int(str(r["answer"]).strip())]
+        for r in rows:
+            gold = str(r["answer"])
+            out.append((gold, r["solution"], True, f"{name}:{r['id']} reference solution"))
+        for a, b in zip(ints, ints[1:] + ints[:1]):
+            if int(a["answer"]) != int(b["answer"]):
+                out.append((str(a["answer"]), b["solution"], False, f"{name}:{a['id']} vs the solution of {b['id']}"))
+    return out
+
+
+CASES: list[tuple[str, str, bool, str]] = (
+    [(g, c, e, "project table") for g, c, e in PROJECT_TABLE]
+    + [(g, c, e, f"issue 12: {section}") for section, rows in ISSUE_12.items() for g, c, e in rows]
+    + _benchmark_cases()
+)
