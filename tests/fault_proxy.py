@@ -20,7 +20,7 @@ Actions
 -------
 ``"pass"``  forward untouched.
 ``"500"``, ``"503"``, ``"429"``  answer that status with an OpenAI-style JSON
-    error body without contacting upstream (429 carries ``Retry-After: 0``).
+    error body without contacting upstream (429 carries ``Retry-After: <retry_after_s>``, default 0).
     Note the openai SDK ignores a zero Retry-After and falls back to its
     exponential backoff (0.5 s, 1 s, 2 s ...).  Pass ``retry_after_ms=1`` to add
     ``retry-after-ms: 1`` to every injected error so SDK retries are instant.
@@ -105,6 +105,7 @@ class FaultProxy:
         delay_s: float = 2.0,
         *,
         retry_after_ms: int | None = None,
+        retry_after_s: int = 0,
         shutdown_timeout: float = 0.25,  # grace for in-flight handlers on stop(); aiohttp waits ~2x this
     ) -> None:
         self.upstream = URL(upstream.rstrip("/"))
@@ -120,6 +121,7 @@ class FaultProxy:
         self.plan = plan
         self.delay_s = float(delay_s)
         self.retry_after_ms = retry_after_ms
+        self.retry_after_s = retry_after_s
         self.shutdown_timeout = shutdown_timeout
 
         self.url: str = ""
@@ -197,7 +199,7 @@ class FaultProxy:
         if action in ("500", "503", "429"):
             await request.read()  # consume the body so keep-alive stays sane
             status = int(action)
-            headers = {"Retry-After": "0"} if status == 429 else {}
+            headers = {"Retry-After": str(self.retry_after_s)} if status == 429 else {}
             if self.retry_after_ms is not None:
                 headers["retry-after-ms"] = str(self.retry_after_ms)
             return _error_response(status, f"injected fault {status} (request {index})", headers)

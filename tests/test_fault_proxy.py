@@ -258,9 +258,8 @@ def test_drop_gives_transport_error_not_hang(up):
     with FaultProxy(up.url, plan=["drop", "pass"]) as proxy, httpx.Client(base_url=proxy.url, timeout=3) as c:
         assert c.get("/health").status_code == 200  # warm a keep-alive connection first
         t0 = time.monotonic()
-        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):  # not ReadTimeout: it did not wait
             c.post("/v1/echo", json={"a": 1})
-        assert time.monotonic() - t0 < 1.0
         # the same client recovers on a fresh connection
         r = c.post("/v1/echo", json={"a": 2})
         assert r.status_code == 200 and r.json()["body"] == {"a": 2}
@@ -271,13 +270,11 @@ def test_drop_gives_transport_error_not_hang(up):
 def test_slow_times_out_short_client(up):
     with FaultProxy(up.url, plan=["slow"], delay_s=1.0) as proxy:
         with httpx.Client(base_url=proxy.url, timeout=0.3) as c:
-            t0 = time.monotonic()
             with pytest.raises(httpx.ReadTimeout):
                 c.post("/v1/echo", json={"a": 1})
-            assert time.monotonic() - t0 < 0.9
         assert proxy.counts == {"slow": 1}
         # the proxy notices the client left and never bothers upstream
-        time.sleep(1.0)
+        time.sleep(1.5)  # past the delay: a forwarded request would have arrived by now
         assert up.total_hits() == 0
 
 

@@ -119,7 +119,9 @@ def test_reuse_and_refusal(traces_dir, tmp_path, capsys):
     assert "reusing it" in capsys.readouterr().out
     with pytest.raises(filter_stage.FilterError, match="overwrite"):
         filter_stage.run(cfg(traces_dir, out, "--filter.max_per_problem", "1"))
-    assert filter_stage.run(cfg(traces_dir, out, "--filter.max_per_problem", "1", "--filter.overwrite", "true"))
+    filter_stage.run(cfg(traces_dir, out, "--filter.max_per_problem", "1", "--filter.overwrite", "true"))
+    ids = datasets.load_from_disk(str(out / "dataset"))["id"]
+    assert len(ids) == len(set(ids)) > 0  # the new config's output replaced the old one: one trace per problem
 
 
 @pytest.mark.parametrize("change, message", [

@@ -72,7 +72,8 @@ def assert_complete(ds: datasets.Dataset, problems: int, n: int) -> None:
 def test_split_reasoning(text, field, reasoning, final):
     completion, r, f = split_reasoning(text, field)
     assert (r, f) == (reasoning, final)
-    assert reasoning in completion and final in completion
+    # the raw text keeps everything the teacher wrote: inline text unchanged, a separate field rebuilt around it
+    assert completion == (f"<think>\n{field}\n</think>\n\n{text}" if field else text)
 
 
 def test_prompt_uses_instruction_and_system(tiny_model, problems_file, tmp_path):
@@ -350,6 +351,84 @@ def test_ctrl_c_during_retry_backoff_exits_130(problems_file, tmp_path):
         log = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130 and "rerun the same command to continue" in log, log
     assert not (out / "summary.json").exists()
+
+
+def _stub_config(urls: list[str], problems_file: str, out: Path, **kv):
+    return load_recipe(None, _stub_args(urls[0], problems_file, out, **{"teacher.base_urls": urls, **kv})).generate
+
+
+def _right_answers(ds: datasets.Dataset) -> bool:
+    return all(f"\\boxed{{{int(i[1:])}}}" in c for c, i in zip(ds["completion"], ds["id"]))
+
+
+def test_retry_loop_survives_every_fault_fast(problems_file, tmp_path):
+    """500, dropped connections, 429, 503 and a reply slower than the request timeout: each is retried and
+    every row arrives, with the retries counted."""
+    plan = ["500", "pass", "drop", "429", "pass", "503", "slow", "pass"]
+    with OpenAIStub() as stub, FaultProxy(stub.url.removesuffix("/v1"), plan=plan, delay_s=3.0,
+                                          retry_after_ms=1) as proxy:
+        summary = generate.run(_stub_config([proxy.url + "/v1"], problems_file, tmp_path / "out", **{
+            "teacher.request_timeout": 1.0, "teacher.max_retries": 8, "teacher.concurrency": 3}))
+    faults = sum(proxy.counts[a] for a in ("500", "drop", "429", "503", "slow"))
+    assert summary["errors"] == 0 and summary["rows"] == 12 and faults > 0
+    assert summary["retries_this_run"] == faults  # one retry per fault, none lost or doubled
+    ds = load(tmp_path / "out")
+    assert_complete(ds, 4, 3)
+    assert _right_answers(ds)
+
+
+def test_retry_waits_as_long_as_retry_after_says(problems_file, tmp_path, monkeypatch):
+    """A 429 whose Retry-After asks for 2 s is retried no sooner, even when the jittered backoff is ~0."""
+    from pipeline.teachers import openai_backend
+
+    monkeypatch.setattr(openai_backend, "backoff_seconds", lambda attempt: 0.0)
+    with OpenAIStub() as stub, FaultProxy(stub.url.removesuffix("/v1"), plan=lambda i, path: "429" if i == 0
+                                          else "pass", retry_after_s=2) as proxy:
+        t0 = time.monotonic()
+        summary = generate.run(_stub_config([proxy.url + "/v1"], problems_file, tmp_path / "out",
+                                            **{"sampling.n": 1}))
+        took = time.monotonic() - t0
+    assert proxy.counts["429"] == 1 and summary["retries_this_run"] == 1 and summary["errors"] == 0
+    assert took >= 2.0, took  # (a lower bound: load can only make it longer)
+
+
+def test_two_servers_share_the_work_and_a_retry_goes_to_the_other(problems_file, tmp_path):
+    with OpenAIStub() as a, OpenAIStub() as b:
+        generate.run(_stub_config([a.url, b.url], problems_file, tmp_path / "both", **{"teacher.concurrency": 2}))
+        assert a.requests > 0 and b.requests > 0 and a.requests + b.requests == 12
+        # one server answers 500 to everything: each failed request is retried on the next server and succeeds
+        with FaultProxy(b.url.removesuffix("/v1"), plan=["500"], retry_after_ms=1) as broken:
+            before = a.requests
+            summary = generate.run(_stub_config([a.url, broken.url + "/v1"], problems_file, tmp_path / "one",
+                                                **{"teacher.max_retries": 1}))
+        assert summary["errors"] == 0 and summary["retries_this_run"] == broken.counts["500"] > 0
+        assert a.requests - before == 12  # every row came from the healthy server, none twice
+    ds = load(tmp_path / "one")
+    assert_complete(ds, 4, 3)
+    assert _right_answers(ds)
+
+
+def test_failed_rows_are_kept_then_retry_failed_asks_only_for_them_fast(problems_file, tmp_path):
+    out = tmp_path / "out"
+    with OpenAIStub() as stub:
+        with FaultProxy(stub.url.removesuffix("/v1"), plan=lambda i, path: "500" if i % 3 else "pass",
+                        retry_after_ms=1) as proxy:
+            summary = generate.run(_stub_config([proxy.url + "/v1"], problems_file, out,
+                                                **{"teacher.max_retries": 1}))
+        ds = load(out)
+        assert_complete(ds, 4, 3)  # failed rows are kept, with their error and no completion
+        failed = [(i, s) for i, s, e in zip(ds["id"], ds["sample"], ds["error"]) if e]
+        assert summary["errors"] == len(failed) > 0
+        assert all(c is None for c, e in zip(ds["completion"], ds["error"]) if e)
+        asked = stub.arrived
+        again = generate.run(_stub_config([stub.url], problems_file, out, **{"teacher.max_retries": 1}))
+        assert again["generated_this_run"] == 0 and stub.arrived == asked  # a plain rerun asks nothing
+        summary = generate.run(_stub_config([stub.url], problems_file, out,
+                                            **{"teacher.max_retries": 1, "retry_failed": True}))
+        assert summary["generated_this_run"] == len(failed) == stub.arrived - asked and summary["errors"] == 0
+    ds = load(out)
+    assert_complete(ds, 4, 3)
+    assert not any(ds["error"]) and _right_answers(ds)
 
 
 # --------------------------------------------------------------------------------- in-process vLLM

@@ -70,7 +70,8 @@ def prompt_ids(tok, question: str) -> list[int]:
 
 
 def sample_traces(teacher: str, n: int, seed: int, k: int | None = K, max_new_tokens: int = 32) -> datasets.Dataset:
-    """Rows as distill filter writes them: messages, the teacher's own completion ids, its top-k per position
+    """Rows as distill filter writes them: messages (the text keeps <think>: real teachers mark it non-special), the
+    teacher's own completion ids, its top-k per position
     (k None: the whole vocabulary)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -94,7 +95,7 @@ def sample_traces(teacher: str, n: int, seed: int, k: int | None = K, max_new_to
             logits = model(torch.tensor([p + c])).logits[0, len(p) - 1: len(p) - 1 + len(c)]
         top = logits.log_softmax(-1).topk(k or logits.shape[-1], dim=-1)
         rows.append({"messages": [{"role": "user", "content": q},
-                                  {"role": "assistant", "content": tok.decode(c, skip_special_tokens=True)}],
+                                  {"role": "assistant", "content": tok.decode([t for t in c if t != tok.eos_token_id])}],
                      "id": f"q{i}", "sample": 0, "completion_token_ids": c,
                      "topk_ids": top.indices.tolist(), "topk_logprobs": top.values.tolist()})
     return datasets.Dataset.from_list(rows)
@@ -161,6 +162,46 @@ def test_vocabulary_check(setup, tmp_path):
     with pytest.raises(TrainError, match="different vocabularies"):
         kd.run(kd_config(setup, tmp_path / "out", mode="online", teacher=str(other)))
     assert not (tmp_path / "out").exists()
+
+
+def _edited_tokenizer(src: str, dst: Path, edit) -> "AutoTokenizer":
+    """A copy of src's tokenizer with tokenizer.json edited by `edit(dict)` (same size: only the mapping changes)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(src, dst)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        spec = json.loads((dst / name).read_text())
+        edit(spec)
+        (dst / name).write_text(json.dumps(spec))
+    return AutoTokenizer.from_pretrained(dst)
+
+
+def test_vocabulary_check_sees_the_mapping_not_the_size(setup, tmp_path):
+    """Same-size tokenizers that differ in which id a token has, or in a special token, are different."""
+    from transformers import AutoTokenizer
+
+    student = AutoTokenizer.from_pretrained(setup["student"])
+
+    def swap(spec):  # two ordinary tokens trade ids
+        if "model" in spec:
+            vocab = spec["model"]["vocab"]
+            vocab["the"], vocab["answer"] = vocab["answer"], vocab["the"]
+
+    def rename_special(spec):  # the reasoning-closing special token is another string at the same id
+        for t in list(spec.get("added_tokens", [])) + list(spec.get("added_tokens_decoder", {}).values()):
+            if t["content"] == "</think>":
+                t["content"] = "</reason>"
+        if "model" in spec:
+            spec["model"]["vocab"]["</reason>"] = spec["model"]["vocab"].pop("</think>")
+
+    for name, edit in (("swapped", swap), ("special", rename_special)):
+        other = _edited_tokenizer(setup["teacher"], tmp_path / name, edit)
+        assert len(other) == len(student)
+        with pytest.raises(TrainError, match="different vocabularies") as e:
+            kd_data.check_vocab(other, student, name, "S")
+        assert "id " in str(e.value), name
 
 
 def test_teacher_with_padding_rows_gives_the_same_loss(setup, tmp_path):
@@ -262,11 +303,17 @@ def test_offline_with_the_whole_vocabulary_equals_online(setup, tmp_path):
         for p in (off, on):
             p.trainer.kd = dataclasses.replace(p.trainer.kd, divergence=divergence, tail=tail,
                                                temperature=temperature, alpha=0.7)
-        online = on.trainer.compute_loss(on.trainer.model, dict(padded)).item()
-        offline = off.trainer.compute_loss(off.trainer.model, dict(padded)).item()
-        packed = off.trainer.compute_loss(off.trainer.model, dict(flat)).item()
-        assert offline == pytest.approx(online, rel=1e-5, abs=1e-5), (divergence, tail)
-        assert packed == pytest.approx(offline, rel=1e-5, abs=1e-5), (divergence, tail)
+        (online, on_out), (offline, off_out), (packed, _) = (
+            p.trainer.compute_loss(p.trainer.model, dict(batch), return_outputs=True)
+            for p, batch in ((on, padded), (off, padded), (off, flat)))
+        assert offline.item() == pytest.approx(online.item(), rel=1e-5, abs=1e-5), (divergence, tail)
+        assert packed.item() == pytest.approx(offline.item(), rel=1e-5, abs=1e-5), (divergence, tail)
+        # the trained loss is the documented mix, and its KD term is the teacher's: online and offline agree on it
+        for loss, res in ((online, on_out), (offline, off_out)):
+            assert res["kd"].item() > 1e-3
+            want = 0.7 * temperature ** 2 * res["kd"] + 0.3 * res["ce"]
+            assert loss.item() == pytest.approx(want.item(), rel=1e-5), (divergence, tail)
+        assert off_out["kd"].item() == pytest.approx(on_out["kd"].item(), rel=1e-5, abs=1e-6)
 
 
 def test_gradient_accumulation_weighs_every_token_alike(setup, tmp_path):
@@ -290,19 +337,38 @@ def test_gradient_accumulation_weighs_every_token_alike(setup, tmp_path):
 
 @pytest.mark.parametrize("mode", ["offline", "online"])
 def test_distillation_lowers_heldout_kl(setup, tmp_path, mode):
+    """KD gets the student close to the teacher on held-out traces, and closer than CE on the same traces with the
+    same steps (alpha = 0): the teacher's distributions are what helps. (Measured on this setup: offline 0.30 vs
+    CE 0.43, online 0.27 vs 0.40; at 30 steps or alpha 0.5 the margin is too thin to pin.)"""
     out = tmp_path / mode
+    steps = {"max_steps": 60, "mode": mode}
     before = heldout_kl(setup["student"], setup["teacher"], setup["held"])
-    summary = kd.run(kd_config(setup, out, mode=mode))
+    summary = kd.run(kd_config(setup, out, alpha=0.9, **steps))
     after = heldout_kl(str(out / "model"), setup["teacher"], setup["held"])
-    assert after < 0.5 * before, (before, after)
-    assert summary["mode"] == mode and summary["vocab_check"] == "full" and summary["steps"] == 30
+    kd.run(kd_config(setup, tmp_path / "ce", alpha=0.0, **steps))
+    ce_only = heldout_kl(str(tmp_path / "ce" / "model"), setup["teacher"], setup["held"])
+    assert after < 0.1 * before, (before, after)
+    assert after < 0.8 * ce_only, (after, ce_only)
+    assert summary["mode"] == mode and summary["vocab_check"] == "full" and summary["steps"] == 60
     assert summary["final_kd"] < summary["first_kd"] and summary["final_ce"] < summary["first_ce"]
     assert json.loads((out / "summary.json").read_text())["fingerprint"] == summary["fingerprint"]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert all("kd" in r and "ce" in r for r in log if "loss" in r)
     assert (out / "loss.png").stat().st_size > 0 and (out / "model" / "chat_template.jinja").exists()
-    again = kd.run(kd_config(setup, out, mode=mode))  # finished: reused, not retrained
+    again = kd.run(kd_config(setup, out, alpha=0.9, **steps))  # finished: reused, not retrained
     assert again["fingerprint"] == summary["fingerprint"] and again["train_seconds"] == summary["train_seconds"]
+
+
+def test_on_policy_alone_lowers_heldout_kl(setup, tmp_path):
+    """lmbda = 1: every step trains on the student's own samples, scored by the teacher only (no CE, no traces):
+    that alone brings the student towards the teacher on held-out traces (measured: 5.06 -> 1.58)."""
+    out = tmp_path / "gkd"
+    before = heldout_kl(setup["student"], setup["teacher"], setup["held"])
+    summary = kd.run(kd_config(setup, out, mode="on_policy", lmbda=1.0, alpha=0.0, max_new_tokens=24, max_steps=60))
+    after = heldout_kl(str(out / "model"), setup["teacher"], setup["held"])
+    assert after < 0.5 * before, (before, after)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 60 and {r["on_policy"] for r in log if "loss" in r} == {1.0}
 
 
 def test_on_policy_runs_and_writes_a_model(setup, tmp_path):

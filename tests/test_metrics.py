@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from pipeline.config import VerifyConfig
@@ -65,6 +66,26 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_problems():
     assert bootstrap_ci(values, n_boot=2000, seed=0) == (lo, hi)  # seeded: reproducible
     assert bootstrap_ci([0.5] * 5, n_boot=200) == (0.5, 0.5)
     assert all(math.isnan(x) for x in bootstrap_ci([], n_boot=10))
+
+
+@pytest.mark.parametrize("level", [0.8, 0.95])
+def test_bootstrap_interval_has_its_coverage(level):
+    """Simulation: 400 benchmarks of 200 problems drawn from a population whose solve rates follow Beta(2, 3)
+    (mean 0.4), 4 samples per problem; the interval must contain the population's 0.4 in about `level` of
+    them (a percentile bootstrap runs a little narrow at this size, hence the one-sided slack), and a smaller
+    level must give narrower intervals."""
+    rng = np.random.default_rng(123)
+    hits, widths = 0, []
+    for trial in range(400):
+        rates = rng.beta(2, 3, size=200)
+        values = rng.binomial(4, rates) / 4  # each problem's share of correct samples
+        lo, hi = bootstrap_ci(values, n_boot=1000, seed=trial, level=level)
+        hits += lo <= 0.4 <= hi
+        widths.append(hi - lo)
+    coverage = hits / 400
+    assert level - 0.06 <= coverage <= level + 0.04, coverage
+    narrow = bootstrap_ci(values, n_boot=1000, seed=0, level=level / 2)
+    assert narrow[1] - narrow[0] < 0.8 * widths[-1]
 
 
 # ---------------------------------------------------------------------------------------- majority

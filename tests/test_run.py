@@ -9,6 +9,8 @@ import yaml
 
 from pipeline.cli import main as cli_main
 
+from openai_stub import OpenAIStub
+
 
 def recipe(tiny_model, run_dir) -> dict:
     teacher = {"model": str(tiny_model), "backend": "transformers", "dtype": "float32", "batch_size": 8}
@@ -68,3 +70,52 @@ def test_run_goes_through_every_stage_then_skips_what_is_current(tiny_model, tmp
     for stage in ("generate", "filter", "kd"):
         assert f"run: {stage} is up to date" in out
     assert json.loads((run_dir / "sft" / "summary.json").read_text())["steps"] == 4
+
+
+def test_run_skips_current_stages_fast(tiny_model, tmp_path, capsys, monkeypatch):
+    """generate (a stand-in teacher server) -> filter (its answers verify) -> sft (2 steps) -> evaluate -> push
+    (dry run); the same command again runs nothing; a changed sft key re-runs sft and what reads it only."""
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_the_dry_run")
+    run_dir = tmp_path / "run"
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"Write {i} as a number.", "answer": str(i)})
+                                + "\n" for i in range(1, 7)))
+    with OpenAIStub() as stub:
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump({
+            "generate": {"problems": {"source": str(problems)},
+                         "teacher": {"model": "stub-teacher", "backend": "openai", "base_urls": [stub.url]},
+                         "sampling": {"n": 2, "max_tokens": 64}, "output": f"{run_dir}/traces", "progress": False},
+            "filter": {"output": f"{run_dir}/train", "progress": False},
+            "sft": {"student": str(tiny_model), "output": f"{run_dir}/sft", "max_steps": 2, "batch_size": 2,
+                    "grad_accum": 1, "max_length": 256, "progress": False},
+            "evaluate": {"models": [{"name": "after-sft", "model": f"{run_dir}/sft/model", "backend": "transformers",
+                                     "dtype": "float32"}],
+                         "benchmarks": [{"name": "local", "source": str(problems), "limit": 2}], "greedy": True,
+                         "sampling": {"max_tokens": 8}, "output": f"{run_dir}/eval", "progress": False},
+            "push": {"model_repo": "me/tiny-distilled", "dry_run": True},
+        }))
+        assert cli_main(["run", str(path)]) == 0
+        out = capsys.readouterr().out
+        for stage in ("generate", "filter", "sft", "evaluate", "push"):
+            assert f"===== {stage} =====" in out, stage
+        table = out[out.rindex("| stage | result | seconds |"):]
+        assert "| generate | 12 traces (0 failed)" in table and "| sft | 2 steps, loss" in table
+        # every answer verifies; the second sample of each problem is the same text and goes as a duplicate
+        assert "| filter | kept 6 of 12 traces; teacher pass@1 1.0" in table
+        asked = stub.arrived
+        assert asked == 12
+
+        assert cli_main(["run", str(path)]) == 0  # every stage is current: nothing runs, the teacher is not asked
+        out = capsys.readouterr().out
+        for stage in ("generate", "filter", "sft", "evaluate"):
+            assert f"run: {stage} is up to date" in out and f"===== {stage} =====" not in out, stage
+        assert stub.arrived == asked
+
+        assert cli_main(["run", str(path), "--sft.max_steps", "3"]) == 0
+        out = capsys.readouterr().out
+        assert "===== sft =====" in out and "===== evaluate =====" in out and "===== push =====" in out
+        for stage in ("generate", "filter"):
+            assert f"run: {stage} is up to date" in out and f"===== {stage} =====" not in out, stage
+        assert stub.arrived == asked
+    assert json.loads((run_dir / "sft" / "summary.json").read_text())["steps"] == 3

@@ -81,6 +81,38 @@ def test_loss_falls_and_the_student_answers_a_training_problem(trained, train_da
     assert exact >= len(rows) // 2, f"only {exact} of {len(rows)} training answers reproduced"
 
 
+def answer_loss(model_dir, rows: list[dict]) -> float:
+    """Mean CE of a model on the answer tokens of chats (the prompt is context, not scored)."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    total, count = 0.0, 0
+    for row in rows:
+        prompt = tok.apply_chat_template(row["messages"][:-1], tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(row["messages"], tokenize=False)
+        p, ids = tok(prompt, add_special_tokens=False).input_ids, tok(full, add_special_tokens=False).input_ids
+        assert ids[:len(p)] == p
+        with torch.no_grad():
+            logp = model(torch.tensor([ids])).logits[0, len(p) - 1:-1].log_softmax(-1)
+        total -= logp.gather(1, torch.tensor(ids[len(p):])[:, None]).sum().item()
+        count += len(ids) - len(p)
+    return total / count
+
+
+def test_the_student_learns_what_carries_over_to_unseen_problems(trained, tiny_model):
+    """On problems it never saw, the trained student's answer loss is far below the base model's (the reasoning
+    format, the end of turn and the shape of the sums carry over), and greedy answers take the trained form."""
+    out, _ = trained
+    held = make_examples(16, seed=99)
+    before, after = answer_loss(tiny_model, held), answer_loss(out / "model", held)
+    assert after < 0.4 * before, (before, after)
+    shaped = 0
+    for row in held[:6]:
+        text = greedy(out / "model", row["messages"][:-1])
+        shaped += text.startswith("<think>\n") and "</think>\n\nThe answer is \\boxed{" in text \
+            and text.endswith("}.<|im_end|>")
+    assert shaped >= 4, shaped
+
+
 def test_output_folder_is_a_servable_model(trained, tiny_model):
     out, s = trained
     model = out / "model"
@@ -190,8 +222,10 @@ def test_student_without_template_gets_a_clear_error_and_fallback_works(tiny_mod
 # ------------------------------------------------------------------------------------- options, data
 
 def test_lora_trains_and_merges(tiny_model, train_data, tmp_path):
-    s = sft.run(sft_cfg(tiny_model, train_data, tmp_path / "out", "--sft.lora.enabled", "true", "--sft.lora.r", "8",
-                        "--sft.learning_rate", "1e-2", "--sft.max_steps", "40"))
+    from peft import PeftModel
+
+    opts = ("--sft.lora.enabled", "true", "--sft.lora.r", "8", "--sft.learning_rate", "1e-2", "--sft.max_steps", "40")
+    s = sft.run(sft_cfg(tiny_model, train_data, tmp_path / "out", *opts))
     assert s["method"] == "lora-merged" and s["final_loss"] < 0.9 * s["first_loss"]
     # the tiny random model's logits are near-uniform and its tied head is not a LoRA target, so the loss moves
     # slowly; the answers it picks are what LoRA learns
@@ -205,6 +239,15 @@ def test_lora_trains_and_merges(tiny_model, train_data, tmp_path):
     changed = dict(merged.named_parameters())[name] - dict(base.named_parameters())[name]
     assert changed.abs().max() > 1e-3
     assert torch.equal(merged.model.norm.weight, base.model.norm.weight)  # LoRA leaves non-target weights alone
+    # the merged model computes what base + adapter compute (the same seeded run, saved as an adapter)
+    sft.run(sft_cfg(tiny_model, train_data, tmp_path / "adapter", *opts, "--sft.lora.merge", "false"))
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model),
+                                             tmp_path / "adapter" / "model").eval()
+    ids = torch.tensor([AutoTokenizer.from_pretrained(tiny_model)("What is 12 + 30? the answer is 42").input_ids])
+    with torch.no_grad():
+        want, got, plain = (m(ids).logits for m in (with_adapter, merged.eval(), base.eval()))
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert (want - plain).abs().max() > 100 * (got - want).abs().max() + 1e-3  # and the adapter matters
 
 
 def test_lora_adapter_alone(tiny_model, train_data, tmp_path):
@@ -216,6 +259,14 @@ def test_lora_adapter_alone(tiny_model, train_data, tmp_path):
     assert s["method"] == "lora-adapter" and (model_dir / "adapter_config.json").exists()
     assert not (model_dir / "model.safetensors").exists()
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), model_dir)
+
+
+class CountSteps(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kw):
+        self.steps.append(state.global_step)
 
 
 class CrashAt(TrainerCallback):
@@ -234,8 +285,10 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model, train_dat
     with pytest.raises(RuntimeError, match="simulated"):
         sft.run(sft_cfg(tiny_model, train_data, out, *opts), callbacks=[CrashAt(6)])
     assert not (out / "summary.json").exists() and not (out / "model").exists()  # nothing looks finished
-    s = sft.run(sft_cfg(tiny_model, train_data, out, *opts))
+    counted = CountSteps()
+    s = sft.run(sft_cfg(tiny_model, train_data, out, *opts), callbacks=[counted])
     assert s["resumed_from"].endswith("checkpoint-4") and s["steps"] == 12
+    assert counted.steps == list(range(5, 13))  # the rerun executed steps 5..12 only: it resumed, not restarted
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "model").state_dict()
     b = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
     for k in a:
@@ -328,3 +381,12 @@ def test_two_processes_train_the_same_model(tiny_model, train_data, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
     trained = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
     assert any(not torch.equal(base[k], trained[k]) for k in base)
+    # and it is the model one process trains with the same effective batch (2 ranks x 2 rows = 4 rows a step):
+    # the ranks split each step's rows and the loss is normalised over both ranks' tokens
+    single = tmp_path / "single"
+    sft.run(sft_cfg(tiny_model, train_data, single, "--sft.max_steps", "6", "--sft.batch_size", "4",
+                    "--sft.learning_rate", "1e-3"))
+    one = AutoModelForCausalLM.from_pretrained(single / "model").state_dict()
+    moved = max((trained[k] - base[k]).abs().max().item() for k in base)
+    for k in base:
+        torch.testing.assert_close(trained[k], one[k], atol=max(1e-5, moved * 1e-2), rtol=1e-3, msg=k)
