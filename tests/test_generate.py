@@ -249,8 +249,14 @@ def test_dead_server_is_a_one_line_error_naming_the_url(tiny_model, problems_fil
 
 # ------------------------------------------------------------------------------------ resume after kill
 
+def _default_sigint() -> None:
+    # A shell without job control starts background jobs with SIGINT ignored, and children inherit that: then
+    # the Ctrl-C these tests send would be ignored, as POSIX wants, and the test would wait for nothing.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(args: list[str], **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "generate", *args],
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "generate", *args], preexec_fn=_default_sigint,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 

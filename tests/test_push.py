@@ -366,7 +366,13 @@ def test_unreachable_hub_is_one_line(run_dir, token_env, capsys, online):
 
 # --------------------------------------------------------------------------- upload through the real client
 
-def test_upload_through_the_real_client(run_dir, tmp_path, token_env, capsys, online):
+def _files_holding(token: str, *roots: Path) -> list[Path]:
+    return [p for root in roots if root.exists() for p in root.rglob("*")
+            if p.is_file() and not p.is_symlink() and token.encode() in p.read_bytes()]
+
+
+def test_upload_through_the_real_client(run_dir, tmp_path, token_env, capsys, online, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # where a `login()` would save the token
     preview = tmp_path / "preview"
     assert cli_main(_push(run_dir, "--dry-run", "--push.dry_run_dir", str(preview))) == 0
     with HubStandIn(token=TOKEN) as standin:
@@ -414,6 +420,7 @@ def test_upload_through_the_real_client(run_dir, tmp_path, token_env, capsys, on
         assert "removing 1 file(s)" in out and "model-00002-of-00002.safetensors" not in standin.files("model", "me/tiny-r1")
         assert {"key": "deletedFile", "value": {"path": "model-00002-of-00002.safetensors"}} in standin.commits[-1]["operations"]
     assert not list(run_dir.joinpath("sft").glob(".push-preview-staging"))  # the real run's staging is cleaned up
+    assert _files_holding(TOKEN, run_dir, tmp_path) == []  # the token was never written to a file
 
 
 def test_a_real_lora_training_output_dry_runs(tiny_model, tmp_path, token_env, no_network, capsys):

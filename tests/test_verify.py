@@ -360,6 +360,24 @@ def test_call_queue_hands_out_every_item_once():
     assert [golds[i] for i in order] == sorted(golds)
 
 
+def test_a_lost_item_is_an_error_not_a_hang(monkeypatch):
+    """If the bookkeeping ever lost an item (here: a batch's last result is dropped on arrival), the call fails
+    at once naming it, instead of waiting for a result that cannot come."""
+    real = _Call.finish
+    dropped = []
+
+    def lossy(self, idx, result):
+        if idx == 3 and not dropped:
+            dropped.append(idx)
+            return
+        real(self, idx, result)
+
+    monkeypatch.setattr(_Call, "finish", lossy)
+    with VerifyPool(1) as p:
+        with pytest.raises(RuntimeError, match=r"lost 1 items \(first: \[3\]\)"):
+            p.verify_many([str(i) for i in range(8)], [f"\\boxed{{{i}}}" for i in range(8)], timeout_s=2)
+
+
 def test_results_keep_input_order(pool):
     n = 500
     golds = [str(i) for i in range(n)]

@@ -481,6 +481,11 @@ class VerifyPool:
         while call.done < len(call.results):
             self._refill()
             self._dispatch(call)
+            if not call.pending() and not any(w.batches for w in self._workers) and call.done < len(call.results):
+                # nothing queued, nothing out, yet not every item answered: a bookkeeping bug. Say so rather
+                # than wait for results that cannot come (the hang this pool exists to rule out).
+                missing = [i for i, r in enumerate(call.results) if r is None]
+                raise RuntimeError(f"verification lost {len(missing)} items (first: {missing[:5]}); this is a bug")
             self._turn(call, poll)
 
     def _turn(self, call: _Call | None, poll: float) -> None:
