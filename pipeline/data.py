@@ -19,6 +19,8 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .core.errors import DataError
+
 # Benchmark name -> file name. The split is part of the name ("gsm8k" is the test set).
 BENCHMARKS: dict[str, str] = {
     "gsm8k": "gsm8k_test.jsonl",
@@ -70,7 +72,7 @@ def load_problems(
     ``limit`` keeps the first rows, or a random subset when ``shuffle_seed`` is given.
     """
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
+        raise DataError(f"limit must be >= 0, got {limit}")
 
     label, stem, rows, where = _read(str(source), split)
     rows = _normalise(rows, where, label=label, stem=stem, columns=columns or {})
@@ -99,15 +101,15 @@ def _read(source: str, split: str | None) -> tuple[str, str, list[dict], list[st
         if path.is_dir():
             return source, path.name, *_read_saved(path, split, label=source)
         if split is not None:
-            raise ValueError(f"{source}: split={split!r} does not apply to a single file")
+            raise DataError(f"{source}: split={split!r} does not apply to a single file")
         return source, path.stem, *_read_file(path, label=source)
 
     if _looks_like_path(source):
-        raise ValueError(f"{source}: no such file or folder")
+        raise DataError(f"{source}: no such file or folder")
     if _HUB_ID.match(source):
         ds = datasets.load_dataset(source, split=split or "train")
         return source, source.rsplit("/", 1)[1], *_rows_of(ds)
-    raise ValueError(
+    raise DataError(
         f"{source!r} is not a benchmark name ({', '.join(BENCHMARKS)}), an existing "
         "file or folder, or a Hugging Face dataset id 'org/name'"
     )
@@ -122,7 +124,7 @@ def _benchmark_name(source: str, split: str | None) -> str:
     if source in BENCHMARKS and BENCHMARKS[source].endswith(f"_{split}.jsonl"):
         return source
     have = sorted(n for n in BENCHMARKS if n == source or n.startswith(f"{source}_"))
-    raise ValueError(
+    raise DataError(
         f"benchmark {source!r} has no split {split!r} "
         f"(available: {', '.join(f'{n} -> {BENCHMARKS[n]}' for n in have)})"
     )
@@ -138,11 +140,11 @@ def _benchmark_path(name: str) -> Path:
         if (folder / file_name).is_file():
             return folder / file_name
     if name in NOT_BUNDLED:
-        raise ValueError(
+        raise DataError(
             f"benchmark {name!r} is not bundled because of its licence (problems are (c) MAA); "
             f"set DISTILL_BENCHMARKS_DIR to a folder holding {file_name}"
         )
-    raise ValueError(
+    raise DataError(
         f"bundled benchmark file {file_name} not found in {dirs[0]} "
         "(set DISTILL_DATA_DIR to the folder holding the bundled benchmarks)"
     )
@@ -167,7 +169,7 @@ def _read_file(path: Path, *, label: str) -> tuple[list[dict], list[str]]:
         return _read_json(path, label=label)
     if suffix == ".parquet":
         return _rows_of(pq.read_table(path))
-    raise ValueError(f"{label}: unsupported file type {suffix!r} (use {', '.join(FILE_SUFFIXES)})")
+    raise DataError(f"{label}: unsupported file type {suffix!r} (use {', '.join(FILE_SUFFIXES)})")
 
 
 def _read_jsonl(path: Path, *, label: str) -> tuple[list[dict], list[str]]:
@@ -180,9 +182,9 @@ def _read_jsonl(path: Path, *, label: str) -> tuple[list[dict], list[str]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{label}: line {lineno}: not valid JSON ({e.msg})") from None
+                raise DataError(f"{label}: line {lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{label}: line {lineno}: expected a JSON object, got {type(row).__name__}")
+                raise DataError(f"{label}: line {lineno}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
             where.append(f"line {lineno}")
     return rows, where
@@ -198,10 +200,10 @@ def _read_json(path: Path, *, label: str) -> tuple[list[dict], list[str]]:
     if isinstance(data, dict):  # a single object is a one-line JSON Lines file
         return _read_jsonl(path, label=label)
     if not isinstance(data, list):
-        raise ValueError(f"{label}: expected a JSON list of objects, got {type(data).__name__}")
+        raise DataError(f"{label}: expected a JSON list of objects, got {type(data).__name__}")
     for i, row in enumerate(data, start=1):
         if not isinstance(row, dict):
-            raise ValueError(f"{label}: item {i}: expected a JSON object, got {type(row).__name__}")
+            raise DataError(f"{label}: item {i}: expected a JSON object, got {type(row).__name__}")
     return data, [f"item {i}" for i in range(1, len(data) + 1)]
 
 
@@ -209,15 +211,15 @@ def _read_saved(path: Path, split: str | None, *, label: str) -> tuple[list[dict
     try:
         ds = datasets.load_from_disk(str(path))
     except FileNotFoundError:
-        raise ValueError(f"{label}: folder is not a dataset written by Dataset.save_to_disk") from None
+        raise DataError(f"{label}: folder is not a dataset written by Dataset.save_to_disk") from None
     if isinstance(ds, datasets.DatasetDict):
         if split is None and len(ds) == 1:
             split = next(iter(ds))
         if split not in ds:
-            raise ValueError(f"{label}: choose a split with split=... (available: {', '.join(ds)})")
+            raise DataError(f"{label}: choose a split with split=... (available: {', '.join(ds)})")
         ds = ds[split]
     elif split is not None:
-        raise ValueError(f"{label}: split={split!r} given but the folder holds a single Dataset")
+        raise DataError(f"{label}: split={split!r} given but the folder holds a single Dataset")
     return _rows_of(ds)
 
 
@@ -233,7 +235,7 @@ def _normalise(
     rows: list[dict], where: list[str], *, label: str, stem: str, columns: dict[str, str]
 ) -> list[dict]:
     if not rows:
-        raise ValueError(f"{label}: no rows")
+        raise DataError(f"{label}: no rows")
     available = list(dict.fromkeys(k for row in rows for k in row))  # first-seen order
     rows = _rename(rows, columns, available, label)
     available = list(dict.fromkeys(k for row in rows for k in row))
@@ -241,7 +243,7 @@ def _normalise(
     for col in ("problem", "answer"):
         if col not in available:
             guess = next((a for a in _ALIASES[col] if a in available), "<col>")
-            raise ValueError(
+            raise DataError(
                 f"{label}: no {col!r} column (available: {', '.join(available)}); "
                 f"map one with columns: {{{col}: {guess}}}"
             )
@@ -253,26 +255,26 @@ def _normalise(
     for i, (row, at) in enumerate(zip(rows, where)):
         problem = row.get("problem")
         if not isinstance(problem, str):
-            raise ValueError(f"{label}: {at}: 'problem' must be a string, got {_kind(problem)}")
+            raise DataError(f"{label}: {at}: 'problem' must be a string, got {_kind(problem)}")
         if not problem.strip():
-            raise ValueError(f"{label}: {at}: empty 'problem'")
+            raise DataError(f"{label}: {at}: empty 'problem'")
 
         answer = _as_text(row.get("answer"))
         if answer is None:
             got = _kind(row.get("answer"))
-            raise ValueError(f"{label}: {at}: 'answer' must be a string or number, got {got}")
+            raise DataError(f"{label}: {at}: 'answer' must be a string or number, got {got}")
         if not answer.strip():
-            raise ValueError(f"{label}: {at}: empty 'answer'")
+            raise DataError(f"{label}: {at}: empty 'answer'")
 
         if has_id:
             id_ = _as_text(row.get("id"))
             if id_ is None or not id_.strip():
                 got = repr(row.get("id"))
-                raise ValueError(f"{label}: {at}: 'id' must be a non-empty string or number, got {got}")
+                raise DataError(f"{label}: {at}: 'id' must be a non-empty string or number, got {got}")
         else:
             id_ = f"{stem}-{i}"
         if id_ in seen:
-            raise ValueError(f"{label}: duplicate id {id_!r} at {seen[id_]} and {at}")
+            raise DataError(f"{label}: duplicate id {id_!r} at {seen[id_]} and {at}")
         seen[id_] = at
 
         source = stem if row.get("source") is None else str(row["source"])
@@ -289,7 +291,7 @@ def _rename(rows: list[dict], columns: dict[str, str], available: list[str], lab
         return rows
     for ours, theirs in columns.items():
         if theirs not in available:
-            raise ValueError(
+            raise DataError(
                 f"{label}: columns maps {ours!r} to {theirs!r}, but there is no column {theirs!r} "
                 f"(available: {', '.join(available)})"
             )
@@ -297,7 +299,7 @@ def _rename(rows: list[dict], columns: dict[str, str], available: list[str], lab
     # Renaming onto a column that stays would silently lose one of the two; refuse.
     for ours in columns:
         if ours in available and ours not in sources:
-            raise ValueError(
+            raise DataError(
                 f"{label}: columns maps {ours!r} to {columns[ours]!r}, but the source already has a "
                 f"{ours!r} column; map it away too (e.g. 'orig_{ours}': '{ours}')"
             )

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .core.errors import DistillError
 from .data import BENCHMARKS
 
 
-class ContaminationError(ValueError):
+class ContaminationError(DistillError, ValueError):
     """A benchmark overlaps the training problems, or the report cannot be read; a one-line message."""
 
 

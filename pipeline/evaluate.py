@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .core.errors import DistillError
 from .config import BenchmarkConfig, EvalModelConfig, EvaluateConfig, SamplingConfig
 from .data import BENCHMARKS, _looks_like_path, load_problems
 from .eval_contamination import canonical_source, check_contamination
@@ -36,7 +37,7 @@ from .traces_store import atomic_write_text, save_dataset_atomically
 from .verify import VERIFIER_ID, start_default_pool
 
 
-class EvaluateError(ValueError):
+class EvaluateError(DistillError, ValueError):
     """A config or input the stage cannot use; a one-line message with the fix."""
 
 

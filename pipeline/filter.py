@@ -15,8 +15,9 @@ from pathlib import Path
 
 import datasets
 
+from .core.errors import DistillError
 from . import trace_checks as checks
-from .config import FilterConfig, config_hash
+from .config import FilterConfig, config_hash, without_operational
 from .data import load_problems
 from .filter_report import write_report
 from .traces_store import atomic_write_text, data_fingerprint, save_dataset_atomically
@@ -30,7 +31,7 @@ REASONS = ("generation error", "contaminated", "truncated", "no reasoning", "mal
            "too long", "repetitive", "incorrect", "duplicate", "pass rate out of band", "over per-problem cap")
 
 
-class FilterError(ValueError):
+class FilterError(DistillError, ValueError):
     pass
 
 
@@ -192,10 +193,9 @@ def check_schema(ds: datasets.Dataset, source: str) -> None:
 
 
 def filter_fingerprint(cfg: FilterConfig) -> str:
-    d = asdict(cfg)
-    for k in ("output", "overwrite", "progress", "input"):
+    d = without_operational(cfg)
+    for k in ("output", "input"):  # where it reads and writes, not what it makes
         d.pop(k)
-    d["verify"].pop("workers")
     d["verifier"] = VERIFIER_ID  # a new verifier's verdicts make a new training set
     return config_hash(d)
 

@@ -23,6 +23,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .core.errors import DistillError
 from .cards import PROJECT_TAG, Facts, dataset_card, display, is_hub_id, model_card, traces_card
 from .config import PushConfig, Recipe
 
@@ -30,7 +31,7 @@ SKIP_MODEL_FILES = {"README.md", "training_args.bin"}  # our card replaces peft'
 SHARD_BYTES = 500 * 2**20  # Parquet shards of about this many bytes of Arrow data
 
 
-class PushError(ValueError):
+class PushError(DistillError, ValueError):
     """Something that stops a push before (or instead of) an upload; a one-line message with the fix."""
 
 

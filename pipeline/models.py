@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .core.errors import DistillError
+
 PREFIX = "demo:"
 MARKER = "distill-model.json"
 DTYPE = "float32"
@@ -127,7 +129,7 @@ REGISTRY: dict[str, DemoModel] = {
 DEMO_MODELS: tuple[str, ...] = tuple(n for n, m in REGISTRY.items() if m.demo)
 
 
-class ModelPrepError(RuntimeError):
+class ModelPrepError(DistillError, RuntimeError):
     """A demo model could not be prepared (download failed, hash mismatch, conversion check failed)."""
 
 

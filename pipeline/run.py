@@ -9,24 +9,17 @@ changed upstream stage therefore re-runs everything downstream of it, and nothin
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
 
-from .config import Recipe, config_hash
+from .config import ConfigError, Recipe, config_hash, without_operational
+from .core.stages import STAGES
 from .traces_store import atomic_write_text
 
-ORDER = ["generate", "filter", "sft", "kd", "evaluate", "push"]
-INPUTS = {"filter": ["generate"], "sft": ["filter"], "kd": ["filter"], "evaluate": ["sft", "kd"],
-          "push": ["sft", "kd", "evaluate", "filter", "generate"]}
-# knobs that change how a stage runs, not what it produces
-OPERATIONAL = {"overwrite", "progress", "resume", "concurrency", "request_timeout", "max_retries", "workers",
-               "report_to", "logging_steps", "save_steps", "save_total_limit", "base_urls", "server_port",
-               "server_timeout", "launch_server", "enforce_eager", "kv_cache_gb", "gpu_memory_utilization",
-               "tensor_parallel_size", "server_args", "api_key_env"}
-COMPLETE = {"generate": "summary.json", "filter": "report.json", "sft": "summary.json", "kd": "summary.json",
-            "evaluate": "results.json"}
+ORDER = list(STAGES)
+INPUTS = {name: list(stage.inputs) for name, stage in STAGES.items() if stage.inputs}
+COMPLETE = {name: stage.complete for name, stage in STAGES.items() if stage.complete}
 MARKER = ".distill-run.json"
 
 
@@ -36,21 +29,15 @@ def stage_output(stage: str, section) -> Path | None:
 
 
 def effective(section) -> dict:
-    def strip(d):
-        if isinstance(d, dict):
-            return {k: strip(v) for k, v in d.items() if k not in OPERATIONAL}
-        if isinstance(d, list):
-            return [strip(v) for v in d]
-        return d
-
-    return strip(dataclasses.asdict(section))
+    """What decides a stage's output: its config without the operational keys (config.opt)."""
+    return without_operational(section)
 
 
 def run(recipe: Recipe, call_stage) -> dict:
     """`call_stage(stage, recipe) -> summary dict` runs one stage (the CLI's, with its defaults and errors)."""
     present = [s for s in ORDER if getattr(recipe, s) is not None]
     if not present:
-        raise ValueError("the recipe has no stage sections (generate, filter, sft, kd, evaluate, push)")
+        raise ConfigError("the recipe has no stage sections (generate, filter, sft, kd, evaluate, push)")
     chain: dict[str, str] = {}
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}

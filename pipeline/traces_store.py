@@ -21,6 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .core.errors import DistillError
+
 SAMPLING_TYPE = pa.struct([("temperature", pa.float64()), ("top_p", pa.float64()), ("max_tokens", pa.int64()),
                            ("seed", pa.int64()), ("logprobs", pa.int64())])
 TRACE_SCHEMA = pa.schema([
@@ -37,7 +39,7 @@ TOPK_COLUMNS = ("topk_ids", "topk_logprobs")
 Key = tuple[str, int]
 
 
-class OutputConfigMismatch(RuntimeError):
+class OutputConfigMismatch(DistillError, RuntimeError):
     pass
 
 
@@ -144,7 +146,7 @@ class TraceStore:
                 best[key] = i
         missing = [k for k in keys if k not in best]
         if missing:
-            raise RuntimeError(f"{len(missing)} requested rows have no result yet (first: {missing[0]}); "
+            raise DistillError(f"{len(missing)} requested rows have no result yet (first: {missing[0]}); "
                                f"rerun the same command to continue")
         table = table.take([best[k] for k in keys])
         if gold is not None:

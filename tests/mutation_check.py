@@ -64,7 +64,7 @@ MUTATIONS = [
       ("tests/test_generate.py::test_kill_during_a_request_then_resume_fast",
        "tests/test_generate.py::test_more_samples_only_asks_for_the_new_ones")),
     M("generate-retries-failed-unasked", "pipeline/generate.py",
-      "(cfg.retry_failed and not status[(r.id, r.sample)])", "(not status[(r.id, r.sample)])",
+      'not (cfg.retry_failed and done["errors"])', 'not done["errors"]',
       ("tests/test_generate.py::test_failed_rows_are_kept_then_retry_failed_asks_only_for_them_fast",)),
     M("retry-after-ignored", "pipeline/teachers/openai_backend.py",
       "await asyncio.sleep(max(backoff_seconds(attempt), _retry_after(e)))",

@@ -83,3 +83,88 @@ def test_every_shipped_recipe_loads():
         recipe = load_recipe(path)
         sections = [f.name for f in dataclasses.fields(recipe) if getattr(recipe, f.name) is not None]
         assert sections, f"{path} has no stage section"
+
+
+# ------------------------------------------------------------------ keys: one source for help, README, hashes
+
+def test_every_key_says_what_it_means():
+    from pipeline.config import STAGE_SECTIONS, describe_keys
+
+    for stage, cls in STAGE_SECTIONS.items():
+        missing = [key for key, _, _, meaning in describe_keys(cls) if not meaning]
+        assert missing == [], f"{stage}: keys without help: {missing}"
+
+
+@pytest.mark.parametrize("stage", ["generate", "filter", "sft", "kd", "evaluate", "push"])
+def test_help_lists_every_key_with_type_default_and_meaning(stage, capsys):
+    from pipeline.cli import main as cli_main
+    from pipeline.config import STAGE_SECTIONS, describe_keys
+
+    with pytest.raises(SystemExit) as e:
+        cli_main([stage, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for key, tp, default, meaning in describe_keys(STAGE_SECTIONS[stage]):
+        line = f"  --{stage}.{key} {tp}"
+        assert line in out, line
+        assert meaning in out.split(line, 1)[1].split("\n  --", 1)[0], key  # its meaning follows it
+    if stage == "kd":
+        assert "  --kd.alpha float (default: 0.5)\n      weight of the KD term" in out
+
+
+def test_readme_key_tables_are_the_generated_ones():
+    from pathlib import Path
+
+    from pipeline.config import readme_with_key_tables
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert readme.count("<!-- keys: ") == 6
+    assert readme_with_key_tables(readme) == readme, \
+        "README key tables differ from pipeline/config.py: run `.venv/bin/python -m pipeline.config README.md`"
+
+
+def test_operational_keys_do_not_decide_what_a_stage_makes():
+    from pipeline.run import effective
+
+    base = ["--sft.student", "s", "--sft.output", "o"]
+    same = [["--sft.logging_steps", "3"], ["--sft.progress", "false"], ["--sft.resume", "false"],
+            ["--sft.overwrite", "true"], ["--sft.report_to", "[tensorboard]"]]
+    ref = effective(load_recipe(None, base).sft)
+    for extra in same:
+        assert effective(load_recipe(None, base + extra).sft) == ref, extra
+    assert effective(load_recipe(None, base + ["--sft.learning_rate", "3e-4"]).sft) != ref
+    gen = BASE + ["--generate.teacher.concurrency", "4", "--generate.teacher.base_urls", "http://a/v1"]
+    assert effective(load_recipe(None, gen).generate) == effective(load_recipe(None, BASE).generate)
+
+
+def test_distill_config_prints_what_will_run(tmp_path, capsys):
+    import yaml
+
+    from pipeline.cli import main as cli_main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("generate:\n  problems: {source: gsm8k}\n  teacher: {model: m}\n  output: runs/x/traces\n"
+                      "filter:\n  output: runs/x/train\nsft:\n  student: s\n  output: runs/x/sft\n")
+    assert cli_main(["config", str(recipe), "--sft.learning_rate", "3e-4"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert list(shown) == ["generate", "filter", "sft"]
+    assert shown["sft"]["learning_rate"] == 3e-4 and shown["sft"]["grad_accum"] == 8  # overrides and defaults
+    assert shown["filter"]["input"] == "runs/x/traces" and shown["sft"]["data"] == "runs/x/train"  # upstream
+    assert shown["generate"]["sampling"]["n"] == 4
+
+
+def test_a_bug_shows_its_traceback_and_a_user_error_is_one_line(tmp_path, monkeypatch, capsys):
+    from pipeline import filter as filter_stage
+    from pipeline.cli import main as cli_main
+
+    args = ["filter", "--filter.input", str(tmp_path / "nothing"), "--filter.output", str(tmp_path / "o")]
+    assert cli_main(args) == 1  # bad input: one line, exit 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("distill filter: error: ") and "\n" not in err
+
+    def bug(cfg):
+        raise RuntimeError("verification lost 1 items (first: [3]); this is a bug")
+
+    monkeypatch.setattr(filter_stage, "run", bug)
+    with pytest.raises(RuntimeError, match="this is a bug"):  # not turned into a one-line "error"
+        cli_main(args)

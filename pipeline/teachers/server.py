@@ -13,11 +13,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..core.errors import DistillError
 from ..config import TeacherConfig
 from .vllm_backend import set_cpu_env
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(DistillError, RuntimeError):
     pass
 
 

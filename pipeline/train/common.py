@@ -14,17 +14,17 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import datasets
 
-from ..config import TrainConfig, config_hash
+from ..core.errors import DistillError
+from ..config import TrainConfig, config_hash, without_operational
 from ..traces_store import atomic_write_text, data_fingerprint
 from .templates import IGNORE, Preflight, encode, resolve_chat_template
 
 
-class TrainError(ValueError):
+class TrainError(DistillError, ValueError):
     """A training input or output that cannot be used as it is (one line, with the fix)."""
 
 
@@ -172,10 +172,9 @@ def trainer_args(cfg: TrainConfig, out: Path, args_cls=None, **extra):
 
 def fingerprint(cfg: TrainConfig, data: datasets.Dataset) -> str:
     """What decides the trained weights: every training key and the data (not paths or logging knobs)."""
-    d = asdict(cfg)
-    for k in ("output", "data", "overwrite", "progress", "resume", "report_to", "logging_steps", "save_steps",
-              "save_total_limit"):
-        d.pop(k, None)
+    d = without_operational(cfg)
+    for k in ("output", "data"):  # where it reads and writes, not what it makes
+        d.pop(k)
     d["data_fingerprint"] = data_fingerprint(data)
     return config_hash(d)
 

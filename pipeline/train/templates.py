@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.errors import DistillError
+
 IGNORE = -100
 
 # ChatML closed by the tokenizer's own EOS, so a model trained with it stops on a token it already knows.
@@ -26,7 +28,7 @@ FALLBACK_TEMPLATE = (
 )
 
 
-class TemplateError(ValueError):
+class TemplateError(DistillError, ValueError):
     """The chat template would train the student wrongly (reasoning not trained, no end of turn)."""
 
 

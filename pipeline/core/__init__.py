@@ -1,0 +1,1 @@
+"""What every stage shares: the user-facing error base and the stage table."""

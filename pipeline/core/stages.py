@@ -1,0 +1,71 @@
+"""The stage table: every stage's name, config section, run function, inputs and the upstream defaults it takes
+from the recipe. The CLI (`distill STAGE`), `distill run` and `distill config` all read it; a new stage is one
+entry here plus its module."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from typing import Any, Callable
+
+from ..config import Recipe
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    module: str  # a module of this package with run(section) (push: run(section, recipe))
+    inputs: tuple[str, ...] = ()  # stages whose outputs it reads: a change there re-runs it under `distill run`
+    complete: str | None = None  # the file in its output folder that says the stage finished
+    defaults: Callable[[Any, Recipe], None] | None = None  # fills keys left unset from the recipe's other stages
+    wants_recipe: bool = False
+
+    def run(self, section, recipe: Recipe) -> dict:
+        module = importlib.import_module(f"..{self.module}", __package__)
+        result = module.run(section, recipe) if self.wants_recipe else module.run(section)
+        return result if isinstance(result, dict) else {}
+
+
+def _filter_defaults(section, recipe: Recipe) -> None:
+    if section.input is None and recipe.generate is not None:
+        section.input = recipe.generate.output  # the traces this recipe generates
+
+
+def _train_defaults(section, recipe: Recipe) -> None:
+    if section.data is None and recipe.filter is not None:
+        section.data = recipe.filter.output  # the training set this recipe's filter writes
+
+
+def _evaluate_defaults(section, recipe: Recipe) -> None:
+    report = os.path.join(recipe.filter.output, "report.json") if recipe.filter is not None else None
+    if section.decontamination_report is None and report and os.path.exists(report):
+        section.decontamination_report = report  # check against this recipe's own training problems
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("generate", "teacher writes chain-of-thought traces for a problem set -> traces dataset",
+          "generate", complete="summary.json"),
+    Stage("filter", "keep verified-correct, well-formed, deduplicated traces -> chat training set + report",
+          "filter", inputs=("generate",), complete="report.json", defaults=_filter_defaults),
+    Stage("sft", "fine-tune the student on the kept traces with TRL (full or LoRA) -> trained model + loss curve",
+          "train.sft", inputs=("filter",), complete="summary.json", defaults=_train_defaults),
+    Stage("kd", "logit distillation (Hinton soft targets) from a live teacher or stored top-k logprobs -> trained "
+          "model", "train.kd", inputs=("filter",), complete="summary.json", defaults=_train_defaults),
+    Stage("evaluate", "score models (teacher, students) on math benchmarks side by side -> results table, chart, "
+          "samples", "evaluate", inputs=("sft", "kd"), complete="results.json", defaults=_evaluate_defaults),
+    # push fills its own defaults (hub.fill_defaults): its cards tell the whole recipe's story
+    Stage("push", "publish the student and the datasets to the Hugging Face Hub with cards (--dry-run: stage and "
+          "show only)", "hub", inputs=("sft", "kd", "evaluate", "filter", "generate"), wants_recipe=True),
+]}
+ORDER = list(STAGES)
+
+
+def with_defaults(recipe: Recipe) -> Recipe:
+    """The recipe with every stage's upstream defaults filled in (what `distill config` shows)."""
+    for stage in STAGES.values():
+        section = getattr(recipe, stage.name)
+        if section is not None and stage.defaults is not None:
+            stage.defaults(section, recipe)
+    return recipe
