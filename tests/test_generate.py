@@ -437,6 +437,29 @@ def test_failed_rows_are_kept_then_retry_failed_asks_only_for_them_fast(problems
     assert not any(ds["error"]) and _right_answers(ds)
 
 
+def test_resume_does_not_re_ask_failed_rows_unless_told(problems_file, tmp_path):
+    """kill -9 after 6 rows, 2 of them failed (HTTP 500, no retries): the rerun asks only for the 6 rows never
+    answered; the failed ones keep their error until --generate.retry_failed true."""
+    out = tmp_path / "out"
+    with OpenAIStub(hold_after=4) as stub, FaultProxy(stub.url.removesuffix("/v1"), retry_after_ms=1,
+                                                      plan=lambda i, path: "500" if i in (1, 4) else "pass") as proxy:
+        stub.hold.set()  # the 7th request (the stub's 5th) waits: the run cannot finish before the kill
+        proc = _cli(_stub_args(proxy.url + "/v1", problems_file, out, **{"teacher.max_retries": 0}))
+        stub.wait_until_held()
+        _wait_for_shards(out, 6, proc)
+        proc.kill()
+        proc.communicate(timeout=60)
+        stub.hold.clear()
+        asked = stub.arrived
+        rerun = _cli(_stub_args(stub.url, problems_file, out, **{"teacher.max_retries": 0}))
+        log = rerun.communicate(timeout=120)[0]
+        assert rerun.returncode == 0, log
+        assert stub.arrived - asked == 6  # the unanswered rows only
+    ds = load(out)
+    assert_complete(ds, 4, 3)
+    assert sum(bool(e) for e in ds["error"]) == 2 and proxy.counts["500"] == 2
+
+
 # --------------------------------------------------------------------------------- in-process vLLM
 
 @pytest.mark.slow
