@@ -7,10 +7,10 @@
 Two comparisons, same model, same prompts (problems rendered by the pipeline's own prompt code and the
 model's chat template), same sampling (n, temperature, top_p, max_tokens, logprobs):
 
-  vllm    (a) `pipeline.generate.run(cfg)` with backend `vllm`, end to end (problems -> shards -> dataset)
+  vllm    (a) `pipeline.generate.stage.run(cfg)` with backend `vllm`, end to end (problems -> shards -> dataset)
           (b) bare `llm.generate(prompts, SamplingParams(n=N, ...))` on the same `vllm.LLM` engine
           (b') bare `llm.generate` of the exact request set the pipeline sends (N copies of each prompt, n=1)
-  openai  (c) `pipeline.generate.run(cfg)` with backend `openai` against a local vLLM server
+  openai  (c) `pipeline.generate.stage.run(cfg)` with backend `openai` against a local vLLM server
           (d) a bare asyncio + `openai.AsyncOpenAI` loop: same server, same requests, same concurrency
 
 Engine start is excluded from every figure: one `vllm.LLM` is built with the pipeline's own
@@ -161,7 +161,7 @@ def median_row(label: str, runs: list[Run], note: str, used: list[Run] | None = 
 
 
 def make_cfg(args, model: str, output: Path, backend: str, base_urls=()):
-    from pipeline.config import GenerateConfig, ProblemsConfig, SamplingConfig, TeacherConfig
+    from pipeline.core.config import GenerateConfig, ProblemsConfig, SamplingConfig, TeacherConfig
 
     teacher = TeacherConfig(model=model, backend=backend, base_urls=list(base_urls), dtype=args.dtype,
                             enforce_eager=not args.compile, max_model_len=args.max_model_len,
@@ -175,8 +175,8 @@ def make_cfg(args, model: str, output: Path, backend: str, base_urls=()):
 
 def prompt_messages(cfg) -> list[list[dict]]:
     """The chat messages of each problem, built by the pipeline's own code (one per problem)."""
-    from pipeline import generate
-    from pipeline.data import load_problems
+    from pipeline.generate import stage as generate
+    from pipeline.core.data import load_problems
 
     p = cfg.problems
     problems = load_problems(p.source, split=p.split, columns=p.columns, limit=p.limit, shuffle_seed=p.shuffle_seed)
@@ -185,9 +185,9 @@ def prompt_messages(cfg) -> list[list[dict]]:
 
 @contextlib.contextmanager
 def timed_teacher(make):
-    """Patch `pipeline.generate.make_teacher` so that it returns `make(original, ...)` and the time spent
+    """Patch `pipeline.generate.stage.make_teacher` so that it returns `make(original, ...)` and the time spent
     in `teacher.generate` is recorded. Yields a dict that receives `gen_s`."""
-    from pipeline import generate
+    from pipeline.generate import stage as generate
 
     box: dict = {}
     original = generate.make_teacher
@@ -216,7 +216,7 @@ def timed_teacher(make):
 def run_pipeline(cfg, make, verbose: bool) -> Run:
     """`generate.run(cfg)` end to end into a fresh output folder. The Run is timed on `teacher.generate`
     (the span of the pipeline's own tokens_per_s_this_run) and carries the whole run's wall as e2e_s."""
-    from pipeline import generate
+    from pipeline.generate import stage as generate
 
     shutil.rmtree(cfg.output, ignore_errors=True)
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
@@ -272,9 +272,9 @@ def finish_rows(rows: list[dict], gen: list[Run], whole: list[Run], base: list[R
 # ------------------------------------------------------------------------------------ vllm (a)/(b)
 
 def bench_vllm(args, model: str, work: Path) -> list[dict]:
-    from pipeline.teachers.base import teacher_name
-    from pipeline.teachers.prompts import render_prompt_ids
-    from pipeline.teachers.vllm_backend import VLLMTeacher, engine_kwargs, set_cpu_env
+    from pipeline.backends.base import teacher_name
+    from pipeline.backends.prompts import render_prompt_ids
+    from pipeline.backends.vllm_backend import VLLMTeacher, engine_kwargs, set_cpu_env
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -379,7 +379,7 @@ def with_server_steps(fn, url: str, concurrency: int):
 def bench_openai(args, model: str, work: Path) -> list[dict]:
     import openai
 
-    from pipeline.teachers.server import LocalVLLMServer
+    from pipeline.backends.server import LocalVLLMServer
 
     cfg = make_cfg(args, model, work / "openai-out", "openai")
     messages = prompt_messages(cfg)
@@ -512,12 +512,12 @@ def main(argv=None) -> int:
     try:
         model = args.model
         if model is None:
-            from pipeline.tiny_model import build_tiny_model
+            from pipeline.demo.tiny_model import build_tiny_model
 
             model = str(build_tiny_model(work / "tiny-model"))
         import vllm
 
-        setup = {"model": args.model or "tiny random Qwen2 (pipeline.tiny_model)", "dtype": args.dtype,
+        setup = {"model": args.model or "tiny random Qwen2 (pipeline.demo.tiny_model)", "dtype": args.dtype,
                  "prompts": args.prompts, "n": args.n, "max_tokens": args.max_tokens,
                  "temperature": args.temperature, "top_p": args.top_p, "logprobs": args.logprobs,
                  "concurrency": args.concurrency, "repeats": args.repeats, "shard_size": args.shard_size,

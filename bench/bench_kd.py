@@ -119,11 +119,11 @@ WORDS = "the answer is step first then add subtract multiply divide total each a
 
 
 def build_model(path: Path, *, layers: int, hidden: int, vocab: int, seed: int) -> Path:
-    """The tiny Qwen2 of pipeline.tiny_model, its tokenizer padded with added tokens to `vocab` entries."""
+    """The tiny Qwen2 of pipeline.demo.tiny_model, its tokenizer padded with added tokens to `vocab` entries."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.demo.tiny_model import build_tiny_model
 
     build_tiny_model(path, seed=seed, vocab_size=1024, layers=layers, hidden=hidden)
     tok = AutoTokenizer.from_pretrained(path)
@@ -210,7 +210,7 @@ def worker(args) -> None:
     from transformers import TrainerCallback
     from trl.trainer import sft_trainer
 
-    from pipeline.config import KDConfig, SFTConfig
+    from pipeline.core.config import KDConfig, SFTConfig
     from pipeline.train import kd, sft
 
     torch.set_num_threads(args.threads)

@@ -195,7 +195,7 @@ def worker(args) -> None:
     from transformers import TrainerCallback
     from trl.trainer import sft_trainer
 
-    from pipeline.config import SFTConfig
+    from pipeline.core.config import SFTConfig
     from pipeline.train import sft
 
     batches = []  # (examples or rows, tensor slots, real tokens, sequences) per batch the collator builds
@@ -325,7 +325,7 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.demo.tiny_model import build_tiny_model
     from pipeline.train.templates import IGNORE, encode
 
     datasets.disable_progress_bars()

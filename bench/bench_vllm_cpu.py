@@ -36,9 +36,9 @@ CONFIGS = {
 def worker(args) -> None:
     from vllm import LLM, SamplingParams
 
-    from pipeline.data import load_problems
-    from pipeline.teachers.prompts import chat_messages
-    from pipeline.config import PromptConfig
+    from pipeline.core.data import load_problems
+    from pipeline.backends.prompts import chat_messages
+    from pipeline.core.config import PromptConfig
 
     kwargs = json.loads(args.engine)
     problems = load_problems(str(ROOT / "data/demo/synth/train.jsonl"), limit=args.problems)
@@ -86,7 +86,7 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args)
-    from pipeline.models import resolve_model
+    from pipeline.demo.models import resolve_model
 
     model = resolve_model(args.model)
     print(f"teacher {args.model}: {args.problems} problems x n={args.n}, max {args.max_tokens} tokens, "

@@ -8,10 +8,9 @@ import signal
 import sys
 import threading
 
-from .config import ConfigError, load_recipe
+from .core.config import ConfigError, load_recipe
 from .core.errors import DistillError
-from .core.stages import STAGES as STAGE_TABLE
-from .core.stages import with_defaults
+from .core.stages import STAGES as STAGE_TABLE, with_defaults
 
 STAGES = {**{name: stage.help for name, stage in STAGE_TABLE.items()},
           "run": "every stage of the recipe in order, each skipped when its config and inputs are unchanged",
@@ -26,9 +25,9 @@ COMMANDS = {
 
 def run_command(name: str, argv: list[str]) -> int:
     if name == "prepare-models":
-        from .models import main as command
+        from .demo.models import main as command
     else:
-        from .synth import main as command
+        from .demo.synth import main as command
     return command(argv)
 
 
@@ -123,7 +122,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _keys_epilog(name: str) -> str | None:
-    from .config import STAGE_SECTIONS, keys_help
+    from .core.config import STAGE_SECTIONS, keys_help
 
     if name in STAGE_SECTIONS:
         return keys_help(name)
@@ -167,7 +166,7 @@ MODEL_KEYS = ("model", "student", "teacher")
 
 
 def resolve_demo_models(node) -> None:
-    """`demo:NAME` in a model key becomes the local folder prepared from PyPI (pipeline.models); others stay."""
+    """`demo:NAME` in a model key becomes the local folder prepared from PyPI (pipeline.demo.models); others stay."""
     import dataclasses
 
     if isinstance(node, list):
@@ -177,7 +176,7 @@ def resolve_demo_models(node) -> None:
         for f in dataclasses.fields(node):
             value = getattr(node, f.name)
             if f.name in MODEL_KEYS and isinstance(value, str) and value.startswith("demo:"):
-                from .models import ModelPrepError, resolve_model
+                from .demo.models import ModelPrepError, resolve_model
 
                 try:
                     setattr(node, f.name, resolve_model(value))

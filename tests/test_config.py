@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from pipeline.config import ConfigError, GenerateConfig, load_recipe, parse_overrides
+from pipeline.core.config import ConfigError, GenerateConfig, load_recipe, parse_overrides
 
 BASE = ["--generate.problems.source", "gsm8k", "--generate.teacher.model", "m", "--generate.output", "out"]
 
@@ -88,7 +88,7 @@ def test_every_shipped_recipe_loads():
 # ------------------------------------------------------------------ keys: one source for help, README, hashes
 
 def test_every_key_says_what_it_means():
-    from pipeline.config import STAGE_SECTIONS, describe_keys
+    from pipeline.core.config import STAGE_SECTIONS, describe_keys
 
     for stage, cls in STAGE_SECTIONS.items():
         missing = [key for key, _, _, meaning in describe_keys(cls) if not meaning]
@@ -98,7 +98,7 @@ def test_every_key_says_what_it_means():
 @pytest.mark.parametrize("stage", ["generate", "filter", "sft", "kd", "evaluate", "push"])
 def test_help_lists_every_key_with_type_default_and_meaning(stage, capsys):
     from pipeline.cli import main as cli_main
-    from pipeline.config import STAGE_SECTIONS, describe_keys
+    from pipeline.core.config import STAGE_SECTIONS, describe_keys
 
     with pytest.raises(SystemExit) as e:
         cli_main([stage, "--help"])
@@ -115,12 +115,12 @@ def test_help_lists_every_key_with_type_default_and_meaning(stage, capsys):
 def test_readme_key_tables_are_the_generated_ones():
     from pathlib import Path
 
-    from pipeline.config import readme_with_key_tables
+    from pipeline.core.config import readme_with_key_tables
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert readme.count("<!-- keys: ") == 6
     assert readme_with_key_tables(readme) == readme, \
-        "README key tables differ from pipeline/config.py: run `.venv/bin/python -m pipeline.config README.md`"
+        "README key tables differ from pipeline/core/config.py: run `.venv/bin/python -m pipeline.core.config README.md`"
 
 
 def test_operational_keys_do_not_decide_what_a_stage_makes():
@@ -154,7 +154,7 @@ def test_distill_config_prints_what_will_run(tmp_path, capsys):
 
 
 def test_a_bug_shows_its_traceback_and_a_user_error_is_one_line(tmp_path, monkeypatch, capsys):
-    from pipeline import filter as filter_stage
+    from pipeline.filter import stage as filter_stage
     from pipeline.cli import main as cli_main
 
     args = ["filter", "--filter.input", str(tmp_path / "nothing"), "--filter.output", str(tmp_path / "o")]

@@ -5,8 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import data
-from pipeline.data import BENCHMARKS, load_problems
+from pipeline.core import data
+from pipeline.core.data import BENCHMARKS, load_problems
 
 
 @pytest.fixture(autouse=True)

@@ -12,13 +12,14 @@ from pathlib import Path
 import datasets
 import pytest
 
-from pipeline import cli, evaluate
-from pipeline.config import FilterConfig, load_recipe
-from pipeline.data import load_problems
-from pipeline.eval_contamination import ContaminationError
-from pipeline.teachers.base import GenResult
-from pipeline.teachers.server import free_port
-from pipeline.traces_store import OutputConfigMismatch
+from pipeline import cli
+from pipeline.evaluate import stage as evaluate
+from pipeline.core.config import FilterConfig, load_recipe
+from pipeline.core.data import load_problems
+from pipeline.evaluate.contamination import ContaminationError
+from pipeline.backends.base import GenResult
+from pipeline.backends.server import free_port
+from pipeline.generate.store import OutputConfigMismatch
 
 PNG = b"\x89PNG\r\n\x1a\n"
 RECORD_COLUMNS = {"model", "benchmark", "id", "sample", "problem", "answer", "completion", "predicted", "correct",
@@ -214,7 +215,7 @@ def test_smaller_subset_keeps_the_other_samples_for_later(scripted, tmp_path):
 
 def filter_report(path: Path, training_problems: list[str], benchmarks: list[str]) -> str:
     """A filter report.json whose decontamination section the filter's own code computed."""
-    from pipeline.filter import decontamination_hits
+    from pipeline.filter.stage import decontamination_hits
 
     cfg = FilterConfig(output=str(path), decontaminate=benchmarks)
     hits = decontamination_hits([f"t{i}" for i in range(len(training_problems))], training_problems, cfg)

@@ -7,10 +7,10 @@ import json
 import datasets
 import pytest
 
-from pipeline import filter as filter_stage
-from pipeline import trace_checks as checks
-from pipeline.config import load_recipe
-from pipeline.data import load_problems
+from pipeline.filter import stage as filter_stage
+from pipeline.filter import checks
+from pipeline.core.config import load_recipe
+from pipeline.core.data import load_problems
 
 LOOP = "<think>\n" + "then add the apples to the books and count again " * 30 + "\n</think>\n\n\\boxed{10}"
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import datasets
 import pytest
 
-from pipeline import generate
-from pipeline.config import load_recipe
-from pipeline.teachers.base import split_reasoning
-from pipeline.teachers.server import free_port
-from pipeline.traces_store import OutputConfigMismatch
+from pipeline.generate import stage as generate
+from pipeline.core.config import load_recipe
+from pipeline.backends.base import split_reasoning
+from pipeline.backends.server import free_port
+from pipeline.generate.store import OutputConfigMismatch
 
 from fault_proxy import FaultProxy
 from openai_stub import OpenAIStub
@@ -150,7 +150,7 @@ def test_changed_problem_text_is_refused_and_changed_gold_is_refreshed(tiny_mode
 def test_extending_a_finished_output_unmarks_it_until_done(tiny_model, problems_file, tmp_path, monkeypatch):
     out = tmp_path / "out"
     generate.run(config(tiny_model, problems_file, out))
-    from pipeline.teachers.transformers_backend import TransformersTeacher
+    from pipeline.backends.transformers_backend import TransformersTeacher
 
     def crash(self, requests, on_result):
         raise KeyboardInterrupt
@@ -385,7 +385,7 @@ def test_retry_loop_survives_every_fault_fast(problems_file, tmp_path):
 
 def test_retry_waits_as_long_as_retry_after_says(problems_file, tmp_path, monkeypatch):
     """A 429 whose Retry-After asks for 2 s is retried no sooner, even when the jittered backoff is ~0."""
-    from pipeline.teachers import openai_backend
+    from pipeline.backends import openai_backend
 
     monkeypatch.setattr(openai_backend, "backoff_seconds", lambda attempt: 0.0)
     with OpenAIStub() as stub, FaultProxy(stub.url.removesuffix("/v1"), plan=lambda i, path: "429" if i == 0
@@ -484,8 +484,8 @@ def test_openai_response_with_separate_reasoning_field_and_token_id_logprobs():
     """A reasoning-parser server (vLLM --reasoning-parser, SGLang) returns reasoning apart from content."""
     from openai.types.chat import ChatCompletion
 
-    from pipeline.teachers.base import GenRequest
-    from pipeline.teachers.openai_backend import parse_response
+    from pipeline.backends.base import GenRequest
+    from pipeline.backends.openai_backend import parse_response
 
     top = lambda *pairs: [{"token": f"token_id:{i}", "logprob": lp, "bytes": None} for i, lp in pairs]
     resp = ChatCompletion.model_validate({

@@ -19,8 +19,8 @@ import datasets
 import pytest
 import torch
 
-from pipeline.config import load_recipe
-from pipeline.tiny_model import build_tiny_model
+from pipeline.core.config import load_recipe
+from pipeline.demo.tiny_model import build_tiny_model
 from pipeline.train import kd, kd_data
 from pipeline.train.common import TrainError
 

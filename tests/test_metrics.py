@@ -7,10 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.config import VerifyConfig
-from pipeline.eval_scoring import answer_groups, benchmark_metrics, plain_number, quick_same
-from pipeline.metrics import (bootstrap_ci, maj_at_k, mean_pass_at_1, mean_pass_at_k, pass_at_k,
-                              per_problem_accuracy, vote_groups)
+from pipeline.core.config import VerifyConfig
+from pipeline.evaluate.scoring import answer_groups, benchmark_metrics, plain_number, quick_same
+from pipeline.evaluate.metrics import (
+    bootstrap_ci,
+    maj_at_k,
+    mean_pass_at_1,
+    mean_pass_at_k,
+    pass_at_k,
+    per_problem_accuracy,
+    vote_groups,
+)
 from pipeline.verify import verify_many
 
 # ------------------------------------------------------------------------------------------ pass@k

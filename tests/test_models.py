@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import models
-from pipeline.models import DemoModel, ModelPrepError
+from pipeline.demo import models
+from pipeline.demo.models import DemoModel, ModelPrepError
 
 
 @pytest.fixture
@@ -244,7 +244,7 @@ def test_stale_work_folders_are_cleaned(fake_model, cache, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny4(tmp_path_factory) -> Path:
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.demo.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny4") / "model", layers=4)
 

@@ -15,10 +15,10 @@ import yaml
 from huggingface_hub import DatasetCard, ModelCard
 
 from hub_standin import HubStandIn
-from pipeline import hub
+from pipeline.push import stage as hub
 from pipeline.cli import main as cli_main
-from pipeline.config import load_recipe
-from pipeline.eval_scoring import benchmark_metrics
+from pipeline.core.config import load_recipe
+from pipeline.evaluate.scoring import benchmark_metrics
 
 TOKEN = "hf_FAKEpushTOKEN0123456789abcdefXYZ"  # recognisable: must never appear in any output
 BASE = "Qwen/Qwen2.5-0.5B-Instruct"

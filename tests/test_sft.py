@@ -16,7 +16,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from pipeline.cli import main as cli_main
-from pipeline.config import ConfigError, load_recipe
+from pipeline.core.config import ConfigError, load_recipe
 from pipeline.train import sft
 from pipeline.train.common import TrainError
 from pipeline.train.templates import FALLBACK_TEMPLATE, IGNORE, TemplateError, encode, preflight

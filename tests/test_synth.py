@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from pipeline import synth
+from pipeline.demo import synth
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 
@@ -108,8 +108,8 @@ def test_boxed_answers_verify(split):
 
 def test_no_eight_gram_shared_with_bundled_benchmarks(split):
     """The filter's decontamination (word 8-grams) must not flag synthetic problems against the benchmarks."""
-    from pipeline.data import load_problems
-    from pipeline.trace_checks import ContaminationIndex
+    from pipeline.core.data import load_problems
+    from pipeline.filter.checks import ContaminationIndex
 
     index = ContaminationIndex(8)
     for name in ("svamp", "gsm8k", "gsm8k_train", "math500"):
@@ -123,7 +123,7 @@ def test_no_eight_gram_shared_with_bundled_benchmarks(split):
 
 def test_files_load_with_load_problems(tmp_path, capsys):
     from pipeline.cli import main
-    from pipeline.data import load_problems
+    from pipeline.core.data import load_problems
 
     assert main(["synth", "--out", str(tmp_path / "s"), "--train", "40", "--heldout", "10", "--seed", "3"]) == 0
     assert "40 training problems" in capsys.readouterr().out

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import os
+from pathlib import Path
 from typing import Any, Callable
 
-from ..config import Recipe
+from .config import Recipe
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
     name: str
     help: str
-    module: str  # a module of this package with run(section) (push: run(section, recipe))
+    module: str  # the module under pipeline/ with run(section) (push: run(section, recipe))
     inputs: tuple[str, ...] = ()  # stages whose outputs it reads: a change there re-runs it under `distill run`
     complete: str | None = None  # the file in its output folder that says the stage finished
     defaults: Callable[[Any, Recipe], None] | None = None  # fills keys left unset from the recipe's other stages
@@ -46,18 +48,18 @@ def _evaluate_defaults(section, recipe: Recipe) -> None:
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("generate", "teacher writes chain-of-thought traces for a problem set -> traces dataset",
-          "generate", complete="summary.json"),
+          "generate.stage", complete="summary.json"),
     Stage("filter", "keep verified-correct, well-formed, deduplicated traces -> chat training set + report",
-          "filter", inputs=("generate",), complete="report.json", defaults=_filter_defaults),
+          "filter.stage", inputs=("generate",), complete="report.json", defaults=_filter_defaults),
     Stage("sft", "fine-tune the student on the kept traces with TRL (full or LoRA) -> trained model + loss curve",
           "train.sft", inputs=("filter",), complete="summary.json", defaults=_train_defaults),
     Stage("kd", "logit distillation (Hinton soft targets) from a live teacher or stored top-k logprobs -> trained "
           "model", "train.kd", inputs=("filter",), complete="summary.json", defaults=_train_defaults),
     Stage("evaluate", "score models (teacher, students) on math benchmarks side by side -> results table, chart, "
-          "samples", "evaluate", inputs=("sft", "kd"), complete="results.json", defaults=_evaluate_defaults),
-    # push fills its own defaults (hub.fill_defaults): its cards tell the whole recipe's story
+          "samples", "evaluate.stage", inputs=("sft", "kd"), complete="results.json", defaults=_evaluate_defaults),
+    # push fills its own defaults (push.stage.fill_defaults): its cards tell the whole recipe's story
     Stage("push", "publish the student and the datasets to the Hugging Face Hub with cards (--dry-run: stage and "
-          "show only)", "hub", inputs=("sft", "kd", "evaluate", "filter", "generate"), wants_recipe=True),
+          "show only)", "push.stage", inputs=("sft", "kd", "evaluate", "filter", "generate"), wants_recipe=True),
 ]}
 ORDER = list(STAGES)
 
@@ -69,3 +71,15 @@ def with_defaults(recipe: Recipe) -> Recipe:
         if section is not None and stage.defaults is not None:
             stage.defaults(section, recipe)
     return recipe
+
+
+def summary_path(stage: str, folder) -> Path:
+    """Where a finished output of `stage` keeps its summary, the file it writes last (how one stage reads
+    another's figures without knowing its layout)."""
+    return Path(folder) / STAGES[stage].complete
+
+
+def finished_summary(stage: str, folder) -> dict | None:
+    """The summary of a finished output of `stage` in folder, else None."""
+    path = summary_path(stage, folder)
+    return json.loads(path.read_text()) if path.is_file() else None

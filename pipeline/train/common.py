@@ -18,9 +18,11 @@ from pathlib import Path
 
 import datasets
 
+from ..core.config import TrainConfig, config_hash, without_operational
 from ..core.errors import DistillError
-from ..config import TrainConfig, config_hash, without_operational
-from ..traces_store import atomic_write_text, data_fingerprint
+from ..core.io import atomic_write_text, data_fingerprint, load_dataset_folder_or_hub
+from ..core.output import OutputMismatch, StageOutput
+from ..core.stages import summary_path
 from .templates import IGNORE, Preflight, encode, resolve_chat_template
 
 
@@ -38,26 +40,15 @@ def load_training_set(source: str, stage: str) -> datasets.Dataset:
         if kind is None:
             raise TrainError(f"{stage}.data {source}: use a .jsonl, .json or .parquet file, or a dataset folder")
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
-    elif path.exists():
+    else:
         if (path / "dataset").is_dir():
             if (path / "shards").is_dir():
                 raise TrainError(f"{source} is a generate output (raw traces); train on the output of distill filter")
-            if not (path / "report.json").exists():
+            if not summary_path("filter", path).exists():
                 raise TrainError(f"{source} is an unfinished filter output (no report.json); rerun distill filter")
             path = path / "dataset"
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except FileNotFoundError:
-            raise TrainError(f"{stage}.data {source} is not a dataset folder (expected a distill filter output "
-                             f"or a save_to_disk folder)") from None
-    else:
-        try:
-            ds = datasets.load_dataset(source, split="train")
-        except (ConnectionError, OSError, ValueError) as e:
-            raise TrainError(f"{stage}.data {source} is not a local file or folder and could not be loaded from the "
-                             f"Hub ({type(e).__name__})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        raise TrainError(f"{source} holds several splits ({', '.join(ds)}); point {stage}.data at one")
+        ds = load_dataset_folder_or_hub(source, path, f"{stage}.data", "a distill filter output or a save_to_disk "
+                                        "folder", TrainError)
     if "messages" not in ds.column_names:
         raise TrainError(f"{stage}.data {source} has no 'messages' column (chat turns, as distill filter writes); "
                          f"columns: {', '.join(ds.column_names)}")
@@ -179,27 +170,35 @@ def fingerprint(cfg: TrainConfig, data: datasets.Dataset) -> str:
     return config_hash(d)
 
 
+def finished_or_claimed(cfg: TrainConfig, fp: str, stage: str, state) -> dict | None:
+    """The finished summary when this exact training is done already (said once), else None: the output is
+    then claimed for this run on every rank (see prepare_output)."""
+    out = Path(cfg.output)
+    done = prepare_output(out, fp, cfg, stage, main=state.is_main_process)
+    state.wait_for_everyone()
+    if done is not None and state.is_main_process:
+        print(f"{stage}: {out}/model is already trained with this config and data; nothing to do "
+              f"(another {stage}.output, or removing this one, retrains)")
+    return done
+
+
+def stage_output(out: Path, stage: str) -> StageOutput:
+    """A training output folder: model/ beside summary.json makes it finished (see core.output)."""
+    return StageOutput(out, stage, needs=("model",), parts=("checkpoints", "model", "runs", ".model.tmp", "summary.json",
+                                                             "train_log.jsonl", "loss.png"))
+
+
 def prepare_output(out: Path, fp: str, cfg: TrainConfig, stage: str, *, main: bool) -> dict | None:
     """The finished summary when this exact training is done already. A run of the same training resumes from
     its checkpoints; another config's output is refused, or cleared with overwrite."""
-    summary, run = out / "summary.json", out / "run.json"
-    if summary.exists() and (out / "model").is_dir():
-        old = json.loads(summary.read_text())
-        if old.get("fingerprint") == fp:
-            return old
-    same_run = run.exists() and json.loads(run.read_text()).get("fingerprint") == fp
-    if run.exists() and not same_run and not cfg.overwrite:
-        raise TrainError(f"{out} holds a {stage} run with another config or data; --{stage}.overwrite true "
-                         f"replaces it, or choose another {stage}.output")
-    if main:
-        if not same_run:  # a fresh start: nothing of another run may be resumed or mistaken for this one
-            for name in ("checkpoints", "model", "runs", ".model.tmp"):
-                shutil.rmtree(out / name, ignore_errors=True)
-            for name in ("summary.json", "train_log.jsonl", "loss.png"):
-                (out / name).unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-        summary.unlink(missing_ok=True)
-        atomic_write_text(run, json.dumps({"stage": stage, "fingerprint": fp}, indent=2))
+    output = stage_output(out, stage)
+    done = output.finished(fp)
+    if done is not None:
+        return done
+    try:
+        output.claim(fp, overwrite=cfg.overwrite, write=main)
+    except OutputMismatch as e:
+        raise TrainError(str(e)) from None
     return None
 
 

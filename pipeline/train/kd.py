@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import os
 import random
 from pathlib import Path
 
-from ..config import KDConfig
-from ..traces_store import atomic_write_text
+from ..core.config import KDConfig
 from . import common, kd_data
 from .common import TrainError
 from .kd_losses import distillation_loss
@@ -58,12 +56,8 @@ def run(cfg: KDConfig, callbacks: list | None = None) -> dict:
     tokenizer = common.load_tokenizer(cfg, "kd")
     vocab = check_vocabulary(cfg, tokenizer, verbose=state.is_main_process)
     fp = common.fingerprint(cfg, raw)
-    done = common.prepare_output(out, fp, cfg, "kd", main=state.is_main_process)
-    state.wait_for_everyone()
+    done = common.finished_or_claimed(cfg, fp, "kd", state)
     if done is not None:
-        if state.is_main_process:
-            print(f"kd: {out}/model is already trained with this config and data; nothing to do "
-                  f"(another kd.output, or removing this one, retrains)")
         return done
     log_path = out / "train_log.jsonl"
     p = build(cfg, raw, callbacks=[common.log_callback(log_path), *(callbacks or [])], verbose=state.is_main_process,
@@ -82,7 +76,7 @@ def run(cfg: KDConfig, callbacks: list | None = None) -> dict:
         "packing": p.packing,
     })
     common.plot_loss(log_path, out / "loss.png", f"kd ({cfg.mode}): {Path(cfg.student).name}")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    common.stage_output(out, "kd").complete(summary)  # last: the output is finished
     print_summary(summary, out)
     return summary
 

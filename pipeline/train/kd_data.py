@@ -15,7 +15,8 @@ from pathlib import Path
 
 import datasets
 
-from ..config import TrainConfig
+from ..core.config import TrainConfig
+from ..core.stages import summary_path
 from .common import TrainError
 from .templates import IGNORE, render
 
@@ -56,10 +57,10 @@ def traces_teacher(data: str) -> str | None:
     """The teacher named by the traces behind a filter output (filter report -> generate summary), if any."""
     import json
 
-    report = Path(data) / "report.json"
+    report = summary_path("filter", data)
     try:
         source = json.loads(report.read_text()).get("input") if report.is_file() else None
-        summary = Path(source) / "summary.json" if source else None
+        summary = summary_path("generate", source) if source else None
         if summary is not None and summary.is_file():
             return json.loads(summary.read_text()).get("teacher")
         if source and (Path(source) / "dataset").is_dir():

@@ -6,11 +6,9 @@ to SFTTrainer as `input_ids` + `labels`, so what is trained is exactly what the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..config import SFTConfig
-from ..traces_store import atomic_write_text
+from ..core.config import SFTConfig
 from . import common
 from .templates import preflight
 
@@ -26,12 +24,8 @@ def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
     if raw is None:
         raise common.TrainError("sft.data is not set (a filter output folder); give --sft.data or a filter: section")
     fp = common.fingerprint(cfg, raw)
-    done = common.prepare_output(out, fp, cfg, "sft", main=state.is_main_process)
-    state.wait_for_everyone()
+    done = common.finished_or_claimed(cfg, fp, "sft", state)
     if done is not None:
-        if state.is_main_process:
-            print(f"sft: {out}/model is already trained with this config and data; nothing to do "
-                  f"(another sft.output, or removing this one, retrains)")
         return done
 
     tokenizer = common.load_tokenizer(cfg, "sft")
@@ -55,7 +49,7 @@ def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
     if summary is None:
         return {}
     common.plot_loss(log_path, out / "loss.png", f"sft: {Path(cfg.student).name}")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    common.stage_output(out, "sft").complete(summary)  # last: the output is finished
     print_summary(summary, out)
     return summary
 

@@ -14,10 +14,9 @@ mathematics math-verify can read, or one that kept killing its worker). Nothing 
 from importlib import metadata as _metadata
 
 from .answers import extract_answer, parse_gold, parse_prediction
-from .check import (DEFAULT_TIMEOUT_S, REASON_CORRECT, REASON_NO_ANSWER, REASON_NOT_EQUAL, REASON_PARSE_ERROR,
-                    REASON_TIMEOUT, REASONS, VerifyResult, verify_inline, warm_up)
-from .pool import (VerifyPool, default_pool, shutdown_default_pool, start_default_pool, verify_answer,
-                   verify_many)
+from .check import (DEFAULT_TIMEOUT_S, REASONS, REASON_CORRECT, REASON_NOT_EQUAL, REASON_NO_ANSWER, REASON_PARSE_ERROR,
+                    REASON_TIMEOUT, VerifyResult, verify_inline, warm_up)
+from .pool import VerifyPool, default_pool, shutdown_default_pool, start_default_pool, verify_answer, verify_many
 
 def _verifier_id() -> str:
     try:

@@ -45,8 +45,8 @@ from collections import Counter, deque
 from multiprocessing.connection import Connection, wait
 from typing import Iterable, Sequence
 
-from .check import (DEFAULT_TIMEOUT_S, REASON_PARSE_ERROR, REASON_TIMEOUT, VerifyResult, as_text, check,
-                    soft_limit, warm_up)
+from .check import (DEFAULT_TIMEOUT_S, REASON_PARSE_ERROR, REASON_TIMEOUT, VerifyResult, as_text, check, soft_limit,
+                    warm_up)
 
 DEFAULT_MEMORY_LIMIT_MB = 4096  # address-space cap of one worker process (None: no cap)
 _IO_TIMEOUT_S = 10  # a send to or read from a worker that blocks this long fails (the worker is then killed)

@@ -23,9 +23,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core.errors import DistillError
+from ..core.config import PushConfig, Recipe
+from ..core.errors import DistillError
+from ..core.stages import summary_path
 from .cards import PROJECT_TAG, Facts, dataset_card, display, is_hub_id, model_card, traces_card
-from .config import PushConfig, Recipe
 
 SKIP_MODEL_FILES = {"README.md", "training_args.bin"}  # our card replaces peft's; the trainer's pickled arguments stay home
 SHARD_BYTES = 500 * 2**20  # Parquet shards of about this many bytes of Arrow data
@@ -133,16 +134,16 @@ def read_model(path: str, f: Facts, recipe: Recipe) -> None:
         raise PushError(f"push.model {path} does not exist (a sft/kd output folder or its model/ folder)")
     if (p / "model").is_dir() or (p / "run.json").exists():
         train_dir, model_dir = p, p / "model"
-    elif (p.parent / "summary.json").exists() and p.name == "model":
+    elif summary_path("sft", p.parent).exists() and p.name == "model":
         train_dir, model_dir = p.parent, p
     else:
         train_dir, model_dir = None, p
     if train_dir is not None:
-        if not model_dir.is_dir() or not (train_dir / "summary.json").exists():
+        if not model_dir.is_dir() or not summary_path("sft", train_dir).exists():
             stage = _read_json(train_dir / "run.json").get("stage", "training") if (train_dir / "run.json").exists() else "training"
             raise PushError(f"push.model {path} is an unfinished {stage} run (no summary.json or model/); "
                             f"finish it with distill {stage if stage in ('sft', 'kd') else 'sft'} first")
-        f.train_summary = _read_json(train_dir / "summary.json")
+        f.train_summary = _read_json(summary_path("sft", train_dir))
     f.model_dir, f.train_dir = model_dir, train_dir
     f.method = check_model_folder(model_dir, path)
     s = f.train_summary or {}
@@ -157,8 +158,8 @@ def read_model(path: str, f: Facts, recipe: Recipe) -> None:
         f.teacher = s.get("teacher") or (f.train_cfg.teacher if f.train_cfg is not None else None)
         sft_dir = Path(s.get("student") or "")
         sft_dir = sft_dir.parent if sft_dir.name == "model" else sft_dir
-        if s.get("student") and (sft_dir / "summary.json").exists():  # kd on top of an sft output: tell both steps
-            f.sft_summary = _read_json(sft_dir / "summary.json")
+        if s.get("student") and summary_path("sft", sft_dir).exists():  # kd on top of an sft output: tell both steps
+            f.sft_summary = _read_json(summary_path("sft", sft_dir))
             f.base_model = f.sft_summary.get("student")
             if recipe.sft is not None and _same(recipe.sft.output, sft_dir):
                 f.sft_cfg = recipe.sft
@@ -212,8 +213,8 @@ def read_traces(path: str | None, f: Facts, recipe: Recipe, *, required: bool) -
 
     ds = datasets.load_from_disk(str(folder))
     f.traces_dir, f.traces_rows, f.traces_columns = folder, len(ds), list(ds.column_names)
-    if (p / "summary.json").exists():
-        f.traces_summary = _read_json(p / "summary.json")
+    if summary_path("generate", p).exists():
+        f.traces_summary = _read_json(summary_path("generate", p))
     if "sampling" in ds.column_names and len(ds):
         f.traces_sampling = ds[0]["sampling"]
     if recipe.generate is not None and _same(recipe.generate.output, p):
@@ -228,7 +229,7 @@ def read_dataset(path: str | None, f: Facts, *, required: bool) -> None:
             raise PushError("push.dataset is not set (a distill filter output) and the recipe has no filter: section")
         return
     p = Path(path)
-    if not (p / "report.json").exists() or not (p / "dataset").is_dir():
+    if not summary_path("filter", p).exists() or not (p / "dataset").is_dir():
         if required:
             raise PushError(f"push.dataset {path} is not a finished distill filter output (needs dataset/ and "
                             f"report.json); run distill filter first")
@@ -237,14 +238,14 @@ def read_dataset(path: str | None, f: Facts, *, required: bool) -> None:
 
     ds = datasets.load_from_disk(str(p / "dataset"))
     f.dataset_dir, f.dataset_rows, f.dataset_columns = p / "dataset", len(ds), list(ds.column_names)
-    f.filter_report = _read_json(p / "report.json")
+    f.filter_report = _read_json(summary_path("filter", p))
 
 
 def read_evaluation(cfg: PushConfig, f: Facts, defaulted: bool) -> None:
     if not cfg.evaluation:
         return
     p = Path(cfg.evaluation)
-    path = p if p.suffix == ".json" else p / "results.json"
+    path = p if p.suffix == ".json" else summary_path("evaluate", p)
     if not path.exists():
         if defaulted:
             print(f"push: no evaluation results at {path} (run distill evaluate first); the model card has no results")

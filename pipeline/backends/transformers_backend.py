@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import SamplingConfig, TeacherConfig
+from ..core.config import SamplingConfig, TeacherConfig
 from .base import GenRequest, GenResult, OnResult, teacher_name
 from .prompts import render_prompt_ids
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .core.errors import DistillError
+from ..core.errors import DistillError
 
 PREFIX = "demo:"
 MARKER = "distill-model.json"

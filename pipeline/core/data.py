@@ -19,7 +19,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .core.errors import DataError
+from .errors import DataError
 
 # Benchmark name -> file name. The split is part of the name ("gsm8k" is the test set).
 BENCHMARKS: dict[str, str] = {
@@ -52,7 +52,7 @@ def data_dir() -> Path:
     env = os.environ.get("DISTILL_DATA_DIR")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parent.parent / "data" / "benchmarks"
+    return Path(__file__).resolve().parents[2] / "data" / "benchmarks"
 
 
 def load_problems(

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import GenerateConfig
-from .data import load_problems
-from .teachers.base import GenRequest, GenResult, make_teacher, split_reasoning, teacher_name
-from .teachers.prompts import chat_messages
-from .teachers.server import serving_urls
-from .traces_store import Key, OutputConfigMismatch, TraceStore
+from ..backends.base import GenRequest, GenResult, make_teacher, split_reasoning, teacher_name
+from ..backends.prompts import chat_messages
+from ..backends.server import serving_urls
+from ..core.config import GenerateConfig
+from ..core.data import load_problems
+from .store import Key, OutputConfigMismatch, TraceStore
 
 
 def run(cfg: GenerateConfig) -> dict:

@@ -18,7 +18,7 @@ so tests (and readers) can recompute the answer from ``expression`` independentl
     larger ``n_train`` extends the smaller one (same prefix).
 
 Files: ``write_split(out_dir, n_train, n_heldout, seed)`` writes ``train.jsonl`` and ``heldout.jsonl``
-(loadable by ``pipeline.data.load_problems``); the command is ``distill synth --out DIR --train N
+(loadable by ``pipeline.core.data.load_problems``); the command is ``distill synth --out DIR --train N
 --heldout M --seed S``.
 """
 

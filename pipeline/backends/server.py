@@ -13,8 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..core.config import TeacherConfig
 from ..core.errors import DistillError
-from ..config import TeacherConfig
 from .vllm_backend import set_cpu_env
 
 

@@ -6,7 +6,6 @@ traces, and a report that says why every other row was dropped.
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 from collections import Counter
@@ -15,13 +14,14 @@ from pathlib import Path
 
 import datasets
 
-from .core.errors import DistillError
-from . import trace_checks as checks
-from .config import FilterConfig, config_hash, without_operational
-from .data import load_problems
-from .filter_report import write_report
-from .traces_store import atomic_write_text, data_fingerprint, save_dataset_atomically
-from .verify import VERIFIER_ID, start_default_pool, verify_many
+from ..core.config import FilterConfig, config_hash, without_operational
+from ..core.data import load_problems
+from ..core.errors import DistillError
+from ..core.io import data_fingerprint, load_dataset_folder_or_hub, save_dataset_atomically
+from ..core.output import OutputMismatch, StageOutput
+from ..verify import VERIFIER_ID, start_default_pool, verify_many
+from . import checks
+from .report import write_report
 
 # column -> accepted Arrow-backed Python types, for the one-line schema error
 REQUIRED = {"id": "string", "sample": "int", "problem": "string", "answer": "string", "completion": "string",
@@ -40,23 +40,24 @@ def run(cfg: FilterConfig) -> dict:
         raise FilterError("filter.input is not set (and the recipe has no generate section to take it from)")
     out = Path(cfg.output)
     source = Path(cfg.input)
+    output = StageOutput(out, "filter", done="report.json", needs=("dataset",),
+                         parts=("dataset", "report.json", "report.md", "report.png"))
     if source.exists() and (out.resolve() in (source.resolve(), (source / "dataset").resolve())
-                            or (out / "run.json").exists() or (out / "shards").exists()):
+                            or (out / "shards").exists()):
         raise FilterError(f"filter.output {out} is the traces folder itself; choose another folder")
     if cfg.require_correct and cfg.verify.workers is None:
         start_default_pool()  # the verifier starts while the traces load
     traces = load_traces(cfg.input)
     check_schema(traces, cfg.input)
     fingerprint = {"config": filter_fingerprint(cfg), "input": data_fingerprint(traces)}
-    report_path = out / "report.json"
-    if report_path.exists():
-        old = json.loads(report_path.read_text())
-        if old.get("fingerprint") == fingerprint and (out / "dataset").exists():
-            print(f"filter: {out} is up to date with its input and config; reusing it")
-            return old
-        if not cfg.overwrite:
-            raise FilterError(f"{out} holds a filter result for another input or config; pass "
-                              f"--filter.overwrite true to replace it, or choose another filter.output")
+    done = output.finished(fingerprint)
+    if done is not None:
+        print(f"filter: {out} is up to date with its input and config; reusing it")
+        return done
+    try:
+        output.claim(fingerprint, overwrite=cfg.overwrite)
+    except OutputMismatch as e:
+        raise FilterError(str(e)) from None
 
     cols = {c: traces[c] for c in traces.column_names if c not in ("topk_ids", "topk_logprobs")}
     n = len(traces)
@@ -148,33 +149,20 @@ def run(cfg: FilterConfig) -> dict:
                             "problems_flagged": len(flagged), "hits": contamination},
         "config": asdict(cfg),
     }
-    save(out, train, report, kept_tokens=[tokens[i] for i in kept])
+    save(output, train, report, kept_tokens=[tokens[i] for i in kept])
     print_summary(report)
     return report
 
 
 def load_traces(source: str) -> datasets.Dataset:
     path = Path(source)
-    if path.exists():
-        if (path / "dataset").is_dir():
-            path = path / "dataset"
-        elif (path / "shards").is_dir():
-            raise FilterError(f"{source} is an unfinished generate output (no dataset/ yet); "
-                              f"finish it by rerunning distill generate")
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except FileNotFoundError:
-            raise FilterError(f"{source} is not a dataset folder (expected a distill generate output "
-                              f"or a save_to_disk folder)") from None
-    else:
-        try:
-            ds = datasets.load_dataset(source, split="train")
-        except (ConnectionError, OSError, ValueError) as e:
-            raise FilterError(f"filter.input {source} is not a local folder and could not be loaded from the Hub "
-                              f"({type(e).__name__})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        raise FilterError(f"{source} holds several splits ({', '.join(ds)}); point filter.input at one")
-    return ds
+    if (path / "dataset").is_dir():
+        path = path / "dataset"
+    elif (path / "shards").is_dir():
+        raise FilterError(f"{source} is an unfinished generate output (no dataset/ yet); "
+                          f"finish it by rerunning distill generate")
+    return load_dataset_folder_or_hub(source, path, "filter.input", "a distill generate output or a save_to_disk "
+                                      "folder", FilterError)
 
 
 def check_schema(ds: datasets.Dataset, source: str) -> None:
@@ -263,13 +251,11 @@ def summarize_lengths(lengths: list[int]) -> dict:
             "min": min(lengths), "max": max(lengths)}
 
 
-def save(out: Path, train: datasets.Dataset, report: dict, *, kept_tokens: list[int]) -> None:
+def save(output: StageOutput, train: datasets.Dataset, report: dict, *, kept_tokens: list[int]) -> None:
     """Dataset first (renamed into place), report.json last: its presence means the output is complete."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").unlink(missing_ok=True)
-    save_dataset_atomically(train, out / "dataset")
-    write_report(out, report, kept_tokens)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
+    save_dataset_atomically(train, output.root / "dataset")
+    write_report(output.root, report, kept_tokens)
+    output.complete(report)  # last: the output is finished
 
 
 def print_summary(r: dict) -> None:

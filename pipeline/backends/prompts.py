@@ -3,7 +3,7 @@ own chat template."""
 
 from __future__ import annotations
 
-from ..config import PromptConfig
+from ..core.config import PromptConfig
 
 
 def chat_messages(problem: str, prompt: PromptConfig) -> list[dict]:

@@ -11,7 +11,6 @@ A crash or kill -9 can lose at most the rows not yet flushed to a shard; it can 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .core.errors import DistillError
+from ..core.errors import DistillError
+from ..core.io import atomic_write_text, changed_keys, data_fingerprint, save_dataset_atomically
 
 SAMPLING_TYPE = pa.struct([("temperature", pa.float64()), ("top_p", pa.float64()), ("max_tokens", pa.int64()),
                            ("seed", pa.int64()), ("logprobs", pa.int64())])
@@ -43,29 +43,6 @@ class OutputConfigMismatch(DistillError, RuntimeError):
     pass
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def save_dataset_atomically(dataset, dest: Path) -> None:
-    """save_to_disk into a temp folder beside `dest`, then swap it in: `dest` is never half written."""
-    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
-
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    was_enabled = is_progress_bar_enabled()
-    disable_progress_bar()  # a bar for a sub-second save is noise under the stage's own output
-    try:
-        dataset.save_to_disk(str(tmp))
-    finally:
-        if was_enabled:
-            enable_progress_bar()
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-
-
 class TraceStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -81,7 +58,7 @@ class TraceStore:
             old = json.loads(self.run_path.read_text()).get("fingerprint", {})
             if old != fingerprint:
                 if not overwrite:
-                    changed = ", ".join(_diff(old, fingerprint)) or "fingerprint format"
+                    changed = ", ".join(changed_keys(old, fingerprint)) or "fingerprint format"
                     raise OutputConfigMismatch(
                         f"{self.root} was generated with a different config (changed: {changed}); pass "
                         f"--generate.overwrite true to discard it, or choose another generate.output")
@@ -175,27 +152,3 @@ class TraceStore:
         if json.loads(self.run_path.read_text()).get("fingerprint") != fingerprint:
             return None
         return json.loads(self.summary_path.read_text())
-
-
-def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k} {a!r} -> {b!r}")
-    return out
-
-
-def data_fingerprint(ds: datasets.Dataset) -> str:
-    """A hash of the rows' content (the Arrow files when the dataset is backed by files)."""
-    files = sorted({f["filename"] for f in ds.cache_files})
-    if not files:
-        return ds._fingerprint
-    h = hashlib.sha256()
-    for name in files:
-        with open(name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()

@@ -14,10 +14,10 @@ from collections import defaultdict
 from fractions import Fraction
 from typing import Sequence
 
+from ..backends.base import split_reasoning
+from ..core.config import VerifyConfig
+from ..verify import VerifyPool, default_pool, verify_many
 from . import metrics
-from .config import VerifyConfig
-from .teachers.base import split_reasoning
-from .verify import VerifyPool, default_pool, verify_many
 
 REQUEST_FAILED = "request failed"  # verify_reason of a sample whose generation request failed
 

@@ -9,8 +9,8 @@ import random
 
 import openai
 
+from ..core.config import SamplingConfig, TeacherConfig
 from ..core.errors import DistillError
-from ..config import SamplingConfig, TeacherConfig
 from .base import GenRequest, GenResult, OnResult, teacher_name
 
 # Worth another try: the server or the network may recover. Anything else (400, 401, 404) is final.

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .core.errors import DistillError
+from .errors import DistillError
 
 R1_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -105,7 +105,8 @@ class GenerateConfig:
     shard_size: int = opt(64, "rows per shard written to disk (what a crash can lose at most)", min=1)
     overwrite: bool = opt(False, "regenerate an output that was made with another config", operational=True)
     retry_failed: bool = opt(False, "re-ask only the rows that failed in an earlier run")
-    push_to_hub: str | None = opt(None, "Hub dataset repo id to push the finished dataset to (token from the env or `hf auth login`)")
+    push_to_hub: str | None = opt(None, "Hub dataset repo id to push the finished dataset to (token from the env or "
+                                        "`hf auth login`)")
     progress: bool = opt(True, "progress bar (samples/s, tokens/s, errors)", operational=True)
 
 
@@ -118,12 +119,14 @@ class VerifyConfig:
 @dataclass
 class FilterConfig:
     output: str = opt(help="folder of the training dataset and its report")
-    input: str | None = opt(None, "traces: a generate output folder, a save_to_disk folder or a Hub id (default: generate.output)")
+    input: str | None = opt(None, "traces: a generate output folder, a save_to_disk folder or a Hub id (default: "
+                                  "generate.output)")
     require_correct: bool = opt(True, "the final answer verifies equal to the gold answer")
     require_complete: bool = opt(True, "finish_reason == stop (not truncated)")
     require_reasoning: bool = opt(True, "a non-empty reasoning block (turn off for non-reasoning teachers)")
     check_format: bool = opt(True, "balanced think tags, one final answer")
-    require_boxed: bool = opt(False, "the final text has a \\\\boxed{} answer (the verifier also reads unboxed answers)")
+    require_boxed: bool = opt(False, "the final text has a \\\\boxed{} answer (the verifier also reads unboxed "
+                                     "answers)")
     min_tokens: int | None = opt(None, "completion length bounds, in teacher tokens", min=0)
     max_tokens: int | None = opt(None, "upper completion length bound, in teacher tokens", min=1)
     max_repeat_ratio: float | None = opt(0.5, "drop degenerate loops: share of repeated word n-grams (null: off)")
@@ -157,12 +160,15 @@ class LoraOptions:
 class TrainConfig:
     """Options shared by the training stages (sft, kd)."""
     student: str = opt(help="Hub id or local folder of the model to train")
-    output: str = opt(help="folder: model/ (the trained student), checkpoints/, train_log.jsonl, loss.png, summary.json")
-    data: str | None = opt(None, "training set: a filter output folder, a save_to_disk folder, a JSONL/Parquet file or a Hub id (default: filter.output)")
+    output: str = opt(help="folder: model/ (the trained student), checkpoints/, train_log.jsonl, loss.png, "
+                           "summary.json")
+    data: str | None = opt(None, "training set: a filter output folder, a save_to_disk folder, a JSONL/Parquet file "
+                                 "or a Hub id (default: filter.output)")
     chat_template: str | None = opt(None, "null: the student's own; fallback: the project's ChatML; or a .jinja file")
     max_length: int = opt(4096, "tokens per example (prompt + answer)", min=16)
     long_examples: Literal["drop", "truncate"] = opt("drop", "examples over max_length: drop them, or cut them (they lose their EOS)")
-    packing: bool = opt(True, "padding-free best-fit packing of several examples per row (TRL bfd; on CPU it saves memory, not time)")
+    packing: bool = opt(True, "padding-free best-fit packing of several examples per row (TRL bfd; on CPU it saves "
+                              "memory, not time)")
     epochs: float = opt(1.0, "passes over the training set (max_steps > 0 wins)")
     max_steps: int = opt(-1, "optimizer steps; overrides epochs when > 0")
     learning_rate: float = opt(1e-5, "peak learning rate")
@@ -196,7 +202,8 @@ class SFTConfig(TrainConfig):
 class KDConfig(TrainConfig):
     """`distill kd`: logit distillation, alpha * T^2 * D(p_teacher^T || p_student^T) + (1 - alpha) * CE."""
     mode: Literal["online", "offline", "on_policy"] = opt("offline", "live teacher / stored top-k logprobs / student samples, teacher scores (GKD)")
-    teacher: str | None = opt(None, "Hub id or local folder; required for online and on_policy (offline: vocabulary check only)")
+    teacher: str | None = opt(None, "Hub id or local folder; required for online and on_policy (offline: vocabulary "
+                                    "check only)")
     teacher_dtype: str = opt("auto", "auto: bfloat16 when training in bf16, else float32; or float32, bfloat16, float16")
     temperature: float = opt(1.0, "softens both distributions in the KD term (the T^2 keeps alpha's meaning)")
     alpha: float = opt(0.5, "weight of the KD term; 1 - alpha weighs the CE on the teacher's tokens")
@@ -215,13 +222,9 @@ class EvalModelConfig(TeacherConfig):
 
 
 @dataclass
-class BenchmarkConfig:
-    source: str = opt(help="a benchmark name (gsm8k, math500, aime24 ...), a local JSONL/JSON/Parquet file or folder, or a Hub id")
+class BenchmarkConfig(ProblemsConfig):
+    """A benchmark: every problems key (source, split, columns, limit, shuffle_seed) plus its label."""
     name: str | None = opt(None, "label in the tables (default: the benchmark name or the file's stem)")
-    split: str | None = opt(None, "Hub or folder split (default: the source's own)")
-    columns: dict[str, str] = opt(factory=dict, help="our column -> source column, e.g. {problem: question}")
-    limit: int | None = opt(None, "first `limit` problems (a seeded random subset with shuffle_seed)", min=1)
-    shuffle_seed: int | None = opt(None, "draw `limit` problems at random with this seed instead of the first ones")
 
 
 @dataclass
@@ -236,19 +239,23 @@ class EvalSamplingConfig:
 
 @dataclass
 class EvaluateConfig:
-    models: list[EvalModelConfig | str] = opt(help="models to evaluate: every generate.teacher key plus name (the label "
+    models: list[EvalModelConfig | str] = opt(help="models to evaluate: every generate.teacher key plus name (the "
+                                                   "label "
                                                    "in the tables); a bare string is short for {model: ...}")
-    benchmarks: list[BenchmarkConfig | str] = opt(help="benchmarks: names (gsm8k, math500, aime24, aime25, amc23, svamp, "
+    benchmarks: list[BenchmarkConfig | str] = opt(help="benchmarks: names (gsm8k, math500, aime24, aime25, amc23, "
+                                                       "svamp, "
                                                        "olympiadbench), files, folders or Hub ids; a bare string is short "
                                                        "for {source: ...}")
-    output: str = opt(help="folder: results.json/.md/.png, samples/ (per-sample records), pairs/ (per model x benchmark state)")
+    output: str = opt(help="folder: results.json/.md/.png, samples/ (per-sample records), pairs/ (per model x "
+                           "benchmark state)")
     prompt: PromptConfig = opt(factory=PromptConfig, help="as in generate (R1's instruction by default)")
     sampling: EvalSamplingConfig = opt(factory=EvalSamplingConfig, help="R1's protocol by default (a section)")
     greedy: bool = opt(False, "temperature 0 (and n = 1 unless sampling.n is given)")
     limit: int | None = opt(None, "cap every benchmark at this many problems (its own limit wins)", min=1)
     ks: list[int] = opt(factory=list, help="k for pass@k and maj@k (default: 1, 2, 4 ... and n); k > n is skipped")
     bootstrap: int = opt(10000, "resamples of the problems for the 95% interval of pass@1", min=100)
-    decontamination_report: str | None = opt(None, "a filter output folder or its report.json (default: the recipe's filter.output)")
+    decontamination_report: str | None = opt(None, "a filter output folder or its report.json (default: the recipe's "
+                                                   "filter.output)")
     force: bool = opt(False, "evaluate on benchmark problems that the filter's decontamination flagged")
     verify: VerifyConfig = opt(factory=VerifyConfig, help="answer verification, as in filter (a section)")
     overwrite: bool = opt(False, "redo (model, benchmark) results made with another config", operational=True)
@@ -268,9 +275,12 @@ class PushConfig:
     traces: str | None = opt(None, "a generate output folder (default: generate.output)")
     dataset_repo: str | None = opt(None, "Hub dataset repo for the filtered training set; unset: not pushed")
     dataset: str | None = opt(None, "a filter output folder (default: filter.output)")
-    evaluation: str | None = opt(None, "an evaluate output folder or its results.json, for the card (default: evaluate.output)")
-    eval_model: str | None = opt(None, "the pushed student's label in results.json (default: the model evaluated from push.model)")
-    base_model: str | None = opt(None, "Hub id of the student's base, for the card and an adapter (default: the training's student when a Hub id)")
+    evaluation: str | None = opt(None, "an evaluate output folder or its results.json, for the card (default: "
+                                       "evaluate.output)")
+    eval_model: str | None = opt(None, "the pushed student's label in results.json (default: the model evaluated from "
+                                       "push.model)")
+    base_model: str | None = opt(None, "Hub id of the student's base, for the card and an adapter (default: the "
+                                       "training's student when a Hub id)")
     license: str | None = opt(None, "licence id in the model card (e.g. apache-2.0; default: none written)")
     dataset_license: str | None = opt(None, "licence id in the dataset cards (default: none written)")
     private: bool = opt(True, "visibility of repos the push creates (an existing repo keeps its own)")
@@ -530,7 +540,7 @@ def keys_help(stage: str) -> str:
 
 
 def keys_markdown(stage: str) -> str:
-    """The README's key table of a stage (regenerate with `python -m pipeline.config README.md`)."""
+    """The README's key table of a stage (regenerate with `python -m pipeline.core.config README.md`)."""
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", "\\n")
 
@@ -548,7 +558,7 @@ def readme_with_key_tables(text: str) -> str:
     return _README_BLOCK.sub(lambda m: m.group(1) + keys_markdown(m.group(2)) + "\n" + m.group(4), text)
 
 
-if __name__ == "__main__":  # python -m pipeline.config README.md: regenerate its key tables
+if __name__ == "__main__":  # python -m pipeline.core.config README.md: regenerate its key tables
     import sys
 
     readme = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")

@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from ..core.config import SamplingConfig, TeacherConfig
 from ..core.errors import MissingDependency
-from ..config import SamplingConfig, TeacherConfig
 
 
 @dataclass

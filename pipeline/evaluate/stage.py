@@ -22,19 +22,19 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .core.errors import DistillError
-from .config import BenchmarkConfig, EvalModelConfig, EvaluateConfig, SamplingConfig
-from .data import BENCHMARKS, _looks_like_path, load_problems
-from .eval_contamination import canonical_source, check_contamination
-from .eval_scoring import benchmark_metrics, verify_records
-from .eval_store import Benchmark, Key, Pair, current_records, final_samples, load_state, save_pair
-from .evaluate_report import markdown_table, print_summary, write_report
-from .generate import sample_seed
-from .teachers.base import GenRequest, GenResult, make_teacher, split_reasoning, teacher_name
-from .teachers.prompts import chat_messages
-from .teachers.server import serving_urls
-from .traces_store import atomic_write_text, save_dataset_atomically
-from .verify import VERIFIER_ID, start_default_pool
+from ..backends.base import GenRequest, GenResult, make_teacher, split_reasoning, teacher_name
+from ..backends.prompts import chat_messages
+from ..backends.server import serving_urls
+from ..core.config import BenchmarkConfig, EvalModelConfig, EvaluateConfig, SamplingConfig
+from ..core.data import BENCHMARKS, _looks_like_path, load_problems
+from ..core.errors import DistillError
+from ..core.io import atomic_write_text, save_dataset_atomically
+from ..generate.stage import sample_seed
+from ..verify import VERIFIER_ID, start_default_pool
+from .contamination import canonical_source, check_contamination
+from .report import markdown_table, print_summary, write_report
+from .scoring import benchmark_metrics, verify_records
+from .store import Benchmark, Key, Pair, current_records, final_samples, load_state, save_pair
 
 
 class EvaluateError(DistillError, ValueError):
@@ -201,7 +201,7 @@ def preflight(model: EvalModelConfig, sampling: SamplingConfig, index: int) -> N
     """Check that the model can be loaded (or its server answers) before any generation starts."""
     where = f"evaluate.models[{index}]"
     if model.backend == "openai" and not model.launch_server:
-        from .teachers.openai_backend import OpenAITeacher, TeacherServerError
+        from ..backends.openai_backend import OpenAITeacher, TeacherServerError
 
         try:
             OpenAITeacher(model, sampling, base_urls=model.base_urls)  # asks each server for its models

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from ..config import SamplingConfig, TeacherConfig
+from ..core.config import SamplingConfig, TeacherConfig
 from .base import GenRequest, GenResult, OnResult, teacher_name
 from .prompts import cpu_only, render_prompt_ids
 

@@ -68,7 +68,7 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 51
     return out
 
 
-if __name__ == "__main__":  # python -m pipeline.tiny_model OUT_DIR
+if __name__ == "__main__":  # python -m pipeline.demo.tiny_model OUT_DIR
     import sys
 
     print(build_tiny_model(sys.argv[1] if len(sys.argv) > 1 else "tiny-model"))

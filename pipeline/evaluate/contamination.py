@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .core.errors import DistillError
-from .data import BENCHMARKS
+from ..core.data import BENCHMARKS
+from ..core.errors import DistillError
+from ..core.stages import summary_path
 
 
 class ContaminationError(DistillError, ValueError):
@@ -27,11 +28,11 @@ def canonical_source(source: str, split: str | None = None) -> str:
 def check_contamination(report: str | None, benches: list, *, force: bool) -> None:
     """Refuse benchmarks whose evaluated problems the filter's decontamination found in the training
     problems (unless forced); warn about benchmarks the filter did not check at all. Sets the `contamination`
-    of each benchmark (eval_store.Benchmark) to what was found."""
+    of each benchmark (evaluate.store.Benchmark) to what was found."""
     if not report:
         return
     path = Path(report)
-    path = path / "report.json" if path.is_dir() else path
+    path = summary_path("filter", path) if path.is_dir() else path
     if not path.is_file():
         raise ContaminationError(f"evaluate.decontamination_report: {path} not found (give a distill filter "
                                  f"output folder or its report.json, or null to skip the check)")

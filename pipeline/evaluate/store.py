@@ -15,8 +15,9 @@ from pathlib import Path
 
 import datasets
 
-from .config import BenchmarkConfig, EvalModelConfig
-from .traces_store import OutputConfigMismatch, _diff, atomic_write_text, save_dataset_atomically
+from ..core.config import BenchmarkConfig, EvalModelConfig
+from ..core.io import atomic_write_text, changed_keys, save_dataset_atomically
+from ..generate.store import OutputConfigMismatch
 
 RECORD_FEATURES = datasets.Features({
     "model": datasets.Value("string"), "benchmark": datasets.Value("string"), "id": datasets.Value("string"),
@@ -72,7 +73,7 @@ def load_state(pair: Pair, *, overwrite: bool) -> None:
     state = json.loads(state_path.read_text())
     if state.get("fingerprint") != pair.fingerprint:
         if not overwrite:
-            changed = ", ".join(_diff(state.get("fingerprint") or {}, pair.fingerprint)) or "format"
+            changed = ", ".join(changed_keys(state.get("fingerprint") or {}, pair.fingerprint)) or "format"
             raise OutputConfigMismatch(f"{pair.dir} holds {pair.model.name} on {pair.bench.name} made with another "
                                        f"config (changed: {changed}); pass --evaluate.overwrite true to redo it, "
                                        f"or choose another evaluate.output")

@@ -172,7 +172,7 @@ def hyper_parameters(cfg: Any, summary: dict | None) -> list[tuple[str, Any]]:
 
 def eval_table(results: dict, student: str | None, student_label: str) -> list[str]:
     """The evaluate stage's table (rows benchmark x metric, a column per model), models named for a reader."""
-    from .evaluate_report import table
+    from ..evaluate.report import table
 
     header, rows = table(results)
     names = [student_label if m["name"] == student else _label(m["name"]) for m in results["models"]]
@@ -478,7 +478,7 @@ def dataset_card(f: Facts, *, license: str | None = None) -> str:
 
 
 def _bundled() -> set[str]:
-    from .data import BENCHMARKS
+    from ..core.data import BENCHMARKS
 
     return set(BENCHMARKS)
 
