@@ -244,29 +244,10 @@ def model_card(f: Facts, *, license: str | None = None) -> str:
         tags=tags, model_name=repo if evals else None, eval_results=evals or None)
 
     s = f.train_summary or {}
-    lines = [f"# {repo.split('/')[-1]}", "",
-             f"A reasoning model distilled from the teacher {hub_link(f.teacher)} into {hub_link(f.base_model)}: "
-             f"the teacher wrote chain-of-thought solutions to math problems, the verified ones became the training set, "
-             f"and the student learned from them by {method_text(f)}. Made with the distill pipeline "
-             f"(generate -> filter -> {'sft -> kd' if f.sft_summary else stage or 'train'} -> evaluate -> push).", ""]
-    if adapter:
-        lines += ["This repo holds a LoRA adapter only: load it on top of the base model (see Usage).", ""]
-
-    lines += ["## How it was made", ""]
     rows = [("teacher", hub_link(f.teacher)), ("student base model", hub_link(f.base_model)),
             ("training data", _data_line(f, train_data)),
             ("teacher traces", _traces_line(f)), ("method", method_text(f))]
-    lines += _table(rows, ("", "")) + [""]
-
-    lines += ["## Training", ""]
-    hp = hyper_parameters(f.train_cfg, s)
-    lines += _table(hp, ("setting", "value")) + [""]
-    if f.sft_summary:
-        lines += [f"The KD run started from an SFT run of {hub_link((f.sft_summary or {}).get('student'))} "
-                  f"({f.sft_summary.get('method')}, {f.sft_summary.get('steps')} steps, loss "
-                  f"{_fmt(f.sft_summary.get('first_loss'))} -> {_fmt(f.sft_summary.get('final_loss'))}).", ""]
-        if f.sft_cfg is not None:
-            lines += ["SFT settings:", ""] + _table(hyper_parameters(f.sft_cfg, f.sft_summary), ("setting", "value")) + [""]
+    run = []
     if s:
         run = [("optimizer steps", s.get("steps")), ("epochs", s.get("epochs")),
                ("examples trained", f"{s.get('examples_trained')} of {s.get('examples_in')}" if s.get("examples_in") else None),
@@ -276,28 +257,41 @@ def model_card(f: Facts, *, license: str | None = None) -> str:
         if stage == "kd":
             run += [("KD term (first -> last)", f"{_fmt(s.get('first_kd'))} -> {_fmt(s.get('final_kd'))}"),
                     ("CE term (first -> last)", f"{_fmt(s.get('first_ce'))} -> {_fmt(s.get('final_ce'))}")]
-        lines += _table(run, ("run", "")) + [""]
-    if "loss" in f.images:
-        lines += [f"![training loss]({f.images['loss']})", ""]
-
-    lines += ["## Evaluation", ""]
+    sft = f.sft_summary
+    name = repo.split("/")[-1]
     if f.eval_results and student:
-        lines += eval_table(f.eval_results, student, f"**{repo.split('/')[-1]}** (this model)") + [""]
-        if "results" in f.images:
-            lines += [f"![pass@1 per benchmark]({f.images['results']})", ""]
+        eval_intro, table = "", eval_table(f.eval_results, student, f"**{name}** (this model)")
     elif f.eval_results:
-        lines += ["The evaluation results hold no entry for this model; the table below compares the models that "
-                  "were evaluated.", ""] + eval_table(f.eval_results, None, "") + [""]
+        eval_intro = ("The evaluation results hold no entry for this model; the table below compares the models that "
+                      "were evaluated.\n\n")
+        table = eval_table(f.eval_results, None, "")
     else:
-        lines += ["Not evaluated by this run (no `distill evaluate` results were given).", ""]
+        eval_intro, table = "", []
+    return _render(ModelCard, data, "model_card.md", name=name, teacher=hub_link(f.teacher), base=hub_link(f.base_model),
+                   method=method_text(f), steps="sft -> kd" if sft else stage or "train", adapter=adapter,
+                   made_table=_lines(_table(rows, ("", ""))),
+                   hyper_table=_lines(_table(hyper_parameters(f.train_cfg, s), ("setting", "value"))),
+                   sft_note=(f"The KD run started from an SFT run of {hub_link(sft.get('student'))} ({sft.get('method')}, "
+                             f"{sft.get('steps')} steps, loss {_fmt(sft.get('first_loss'))} -> "
+                             f"{_fmt(sft.get('final_loss'))}).") if sft else None,
+                   sft_table=_lines(_table(hyper_parameters(f.sft_cfg, sft), ("setting", "value")))
+                   if sft and f.sft_cfg is not None else None,
+                   run_table=_lines(_table(run, ("run", ""))) if run else None, loss_image=f.images.get("loss"),
+                   eval_intro=eval_intro, eval_table=_lines(table),
+                   results_image=f.images.get("results") if f.eval_results and student else None,
+                   usage=_lines(_usage(f, repo, adapter)))
 
-    lines += ["## Usage", ""] + _usage(f, repo, adapter) + [""]
-    lines += ["## Limitations", "",
-              "- Trained on math word problems with verifiable final answers; reasoning outside that domain is untested.",
-              "- The traces come from one teacher and keep its mistakes in reasoning that ends in a correct answer.",
-              "- Scores depend on the sampling settings and the answer checker (math-verify's extraction and comparison, last `\\boxed{}` first); "
-              "compare models only under the same protocol.", ""]
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def _render(card_class, data, template: str, **context) -> str:
+    """A card from its Jinja template (huggingface_hub's from_template: the metadata block, then the text)."""
+    return str(card_class.from_template(data, template_path=str(TEMPLATES / template), **context))
+
+
+def _lines(lines: list[str]) -> str:
+    return "\n".join(lines)
 
 
 def _data_line(f: Facts, train_data: str | None) -> str:
@@ -349,13 +343,12 @@ def _usage(f: Facts, repo: str, adapter: bool) -> list[str]:
 
 # ---------------------------------------------------------------------------------------- dataset cards
 
-def _dataset_yaml(rows: int, license: str | None, tags: list[str], pretty: str) -> str:
+def _dataset_data(rows: int, license: str | None, tags: list[str], pretty: str):
     from huggingface_hub import DatasetCardData
 
-    data = DatasetCardData(pretty_name=pretty, license=license, tags=[PROJECT_TAG, *tags],
+    return DatasetCardData(pretty_name=pretty, license=license, tags=[PROJECT_TAG, *tags],
                            task_categories=["text-generation"], size_categories=[size_category(rows)],
                            configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}])
-    return data.to_yaml()
 
 
 def traces_card(f: Facts, *, license: str | None = None) -> str:
@@ -370,14 +363,6 @@ def traces_card(f: Facts, *, license: str | None = None) -> str:
         sampling = {"n": g.sampling.n, **sampling} if "n" not in sampling else sampling
     elif t.get("n"):
         sampling = {"n": t["n"], **sampling}
-    lines = [f"# {repo.split('/')[-1]}", "",
-             f"Chain-of-thought traces written by the teacher {hub_link(f.teacher)} for math problems: one row per "
-             f"(problem, sample), verified or not. Made with the distill pipeline's `generate` stage."]
-    if f.dataset_repo:
-        lines.append(f"The verified, filtered training set made from them is {hub_link(f.dataset_repo, 'dataset')}.")
-    if f.model_repo:
-        lines.append(f"The model trained on it is {hub_link(f.model_repo)}.")
-    lines += ["", "## How it was made", ""]
     rows = [("teacher", hub_link(f.teacher))]
     if g is not None:
         p = g.problems
@@ -388,22 +373,18 @@ def traces_card(f: Facts, *, license: str | None = None) -> str:
                  ("user turn", f"`{_one_line(g.prompt.template)}` with instruction \"{_one_line(g.prompt.instruction)}\""),
                  ("backend", g.teacher.backend), ("dtype", g.teacher.dtype)]
     rows += [("sampling", ", ".join(f"{k} {v}" for k, v in sampling.items()) if sampling else None)]
-    lines += _table(rows) + [""]
-    if t:
-        lines += ["## What came back", ""]
-        lines += _table([("rows", f"{t.get('rows')} ({t.get('problems')} problems x {t.get('n')} samples)"),
-                         ("failed requests (kept with their error)", t.get("errors")),
-                         ("truncated (finish_reason = length)", t.get("truncated")),
-                         ("prompt / completion tokens", f"{t.get('prompt_tokens')} / {t.get('completion_tokens')}")],
-                        ("", "")) + [""]
-    lines += ["## Columns", ""] + _columns(f.traces_columns, TRACE_COLUMNS) + [""]
-    lines += ["## Use", "", "```python", "import datasets", "",
-              f'traces = datasets.load_dataset("{repo}", split="train")', "```", "",
-              "The answers are not verified here: filter on correctness (the companion training set did) before "
-              "training on them. The problems keep their source's licence; the texts are the teacher's outputs, under "
-              "its terms of use.", ""]
-    body = "\n".join(lines)
-    return str(DatasetCard(f"---\n{_dataset_yaml(f.traces_rows or 0, license, ['reasoning', 'math', 'synthetic', 'chain-of-thought'], f'{repo.split(chr(47))[-1]} (teacher traces)')}\n---\n\n{body}"))
+    came_back = _table([("rows", f"{t.get('rows')} ({t.get('problems')} problems x {t.get('n')} samples)"),
+                        ("failed requests (kept with their error)", t.get("errors")),
+                        ("truncated (finish_reason = length)", t.get("truncated")),
+                        ("prompt / completion tokens", f"{t.get('prompt_tokens')} / {t.get('completion_tokens')}")],
+                       ("", "")) if t else []
+    name = repo.split("/")[-1]
+    data = _dataset_data(f.traces_rows or 0, license, ["reasoning", "math", "synthetic", "chain-of-thought"],
+                         f"{name} (teacher traces)")
+    return _render(DatasetCard, data, "traces_card.md", name=name, repo=repo, teacher=hub_link(f.teacher),
+                   dataset_link=hub_link(f.dataset_repo, "dataset") if f.dataset_repo else None,
+                   model_link=hub_link(f.model_repo) if f.model_repo else None, made_table=_lines(_table(rows)),
+                   came_back_table=_lines(came_back), columns=_lines(_columns(f.traces_columns, TRACE_COLUMNS)))
 
 
 def dataset_card(f: Facts, *, license: str | None = None) -> str:
@@ -413,68 +394,37 @@ def dataset_card(f: Facts, *, license: str | None = None) -> str:
     repo = f.dataset_repo
     r = f.filter_report or {}
     cfg = r.get("config") or {}
-    lines = [f"# {repo.split('/')[-1]}", "",
-             f"A chat-format training set of verified chain-of-thought traces by the teacher {hub_link(f.teacher)}: "
-             "each row is a user turn (the problem) and the teacher's answer, "
-             "`<think>\\n{reasoning}\\n</think>\\n\\n{final}`, kept only when its final answer verified equal to the gold "
-             "answer and it passed the checks below. Made with the distill pipeline's `filter` stage."]
-    if f.traces_repo:
-        lines.append(f"The raw traces it was filtered from: {hub_link(f.traces_repo, 'dataset')}.")
-    if f.model_repo:
-        lines.append(f"The model trained on it: {hub_link(f.model_repo)}.")
-    lines += ["", "## Summary", ""]
-    lines += _table([("rows in / kept", f"{r.get('rows_in')} / {r.get('rows_kept')}"),
-                     ("problems in / kept", f"{r.get('problems_in')} / {r.get('problems_kept')}"),
-                     ("teacher pass@1 over the input", _pct(r.get("teacher_pass_at_1"))),
-                     ("share of correct samples", _pct(r.get("teacher_sample_accuracy"))),
-                     ("training prompt", "the prompt as sent to the teacher" if cfg.get("user_turn") == "prompt"
-                      else "the bare problem")]) + [""]
-    if f.generate_cfg is not None or f.traces_sampling:
-        s = f.traces_sampling or {}
-        lines += ["Teacher sampling: " + ", ".join(f"{k} {v}" for k, v in s.items()) + ".", ""] if s else []
-
-    lines += ["## Filter", "", "Checks in the order a row's reason is given (a row is counted under its first failing "
-              "check; the last column counts every row failing the check at all):", "",
-              "| reason | rows dropped | rows failing this check |", "|---|---:|---:|"]
-    for reason, n in (r.get("failing_checks") or {}).items():
-        lines.append(f"| {reason} | {(r.get('rejected') or {}).get(reason, 0)} | {n} |")
+    summary = _table([("rows in / kept", f"{r.get('rows_in')} / {r.get('rows_kept')}"),
+                      ("problems in / kept", f"{r.get('problems_in')} / {r.get('problems_kept')}"),
+                      ("teacher pass@1 over the input", _pct(r.get("teacher_pass_at_1"))),
+                      ("share of correct samples", _pct(r.get("teacher_sample_accuracy"))),
+                      ("training prompt", "the prompt as sent to the teacher" if cfg.get("user_turn") == "prompt"
+                       else "the bare problem")])
+    s = f.traces_sampling or {}
     settings = [(k, cfg.get(k)) for k in ("require_correct", "require_complete", "require_reasoning", "check_format",
                                           "min_tokens", "max_tokens", "max_repeat_ratio", "dedup", "near_dup_threshold",
                                           "pass_rate_min", "pass_rate_max", "max_per_problem", "selection")
                 if k in cfg]
-    if settings:
-        lines += ["", "Settings: " + "; ".join(f"`{k}` {_fmt(v)}" for k, v in settings) + "."]
     v = r.get("verify_reasons") or {}
-    if v:
-        lines += ["", "Answer verification (math-verify's extraction and comparison, last `\\boxed{}` first): "
-                  + ", ".join(f"{k} {n}" for k, n in sorted(v.items(), key=lambda kv: -kv[1])) + "."]
     k = r.get("kept_tokens") or {}
-    if k.get("count"):
-        lines += ["", f"Kept trace lengths (teacher tokens): mean {k['mean']}, median {k['median']}, "
-                      f"min {k['min']}, max {k['max']}."]
-    if "report" in f.images:
-        lines += ["", f"![kept lengths and teacher pass rates]({f.images['report']})"]
-
     d = r.get("decontamination") or {}
-    lines += ["", "## Decontamination", ""]
-    if not d.get("benchmarks"):
-        lines.append("Not checked: the filter ran without benchmarks to decontaminate against. Do not evaluate models "
-                     "trained on this set on benchmarks that may share its problems without checking.")
-    else:
-        lines.append(f"Problems sharing a word {d.get('ngram')}-gram with {', '.join(d['benchmarks'])} were dropped: "
-                     f"{d.get('problems_flagged', 0)} problem(s) flagged.")
-        hits = d.get("hits") or []
-        if hits:
-            lines += ["", "| problem | benchmark | benchmark problem | shared n-gram |", "|---|---|---|---|"]
-            lines += [f"| {h['id']} | {h['benchmark']} | {h['benchmark_id']} | {h['ngram']} |" for h in hits[:50]]
-            if len(hits) > 50:
-                lines.append(f"\n({len(hits) - 50} more in report.json)")
-    lines += ["", "## Columns", ""] + _columns(f.dataset_columns, DATASET_COLUMNS)
-    lines += ["", "## Use", "", "```python", "import datasets", "",
-              f'train = datasets.load_dataset("{repo}", split="train")  # train["messages"]: chat turns for SFT', "```",
-              "", "`report.json` holds the whole filter report (per-problem pass rates, every decontamination hit).", ""]
-    body = "\n".join(lines)
-    return str(DatasetCard(f"---\n{_dataset_yaml(f.dataset_rows or 0, license, ['reasoning', 'math', 'synthetic', 'chain-of-thought', 'sft'], f'{repo.split(chr(47))[-1]} (verified reasoning traces)')}\n---\n\n{body}"))
+    hits = d.get("hits") or []
+    name = repo.split("/")[-1]
+    data = _dataset_data(f.dataset_rows or 0, license, ["reasoning", "math", "synthetic", "chain-of-thought", "sft"],
+                         f"{name} (verified reasoning traces)")
+    return _render(
+        DatasetCard, data, "dataset_card.md", name=name, repo=repo, teacher=hub_link(f.teacher),
+        traces_link=hub_link(f.traces_repo, "dataset") if f.traces_repo else None,
+        model_link=hub_link(f.model_repo) if f.model_repo else None, summary_table=_lines(summary),
+        sampling=", ".join(f"{key} {val}" for key, val in s.items()) if (f.generate_cfg is not None or s) else None,
+        checks=[(reason, (r.get("rejected") or {}).get(reason, 0), n) for reason, n in (r.get("failing_checks") or {}).items()],
+        settings="; ".join(f"`{key}` {_fmt(val)}" for key, val in settings) if settings else None,
+        verification=", ".join(f"{key} {n}" for key, n in sorted(v.items(), key=lambda kv: -kv[1])) if v else None,
+        lengths=f"mean {k['mean']}, median {k['median']}, min {k['min']}, max {k['max']}" if k.get("count") else None,
+        report_image=f.images.get("report"), decontam_benchmarks=", ".join(d.get("benchmarks") or []),
+        decontam_ngram=d.get("ngram"), decontam_flagged=d.get("problems_flagged", 0), hits=hits[:50],
+        more_hits=len(hits) - 50 if len(hits) > 50 else None,
+        columns=_lines(_columns(f.dataset_columns, DATASET_COLUMNS)))
 
 
 def _bundled() -> set[str]:
