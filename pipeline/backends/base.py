@@ -6,6 +6,7 @@ soon as that request is finished, so the caller can write results to disk while 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -96,3 +97,8 @@ def make_teacher(cfg: TeacherConfig, sampling: SamplingConfig, *, base_urls: lis
     from .transformers_backend import TransformersTeacher
 
     return TransformersTeacher(cfg, sampling)
+
+
+def sample_seed(seed: int, id_: str, sample: int) -> int:
+    """The per-request seed of (id, sample): stable across runs and machines, so a resumed run asks the same."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{id_}:{sample}".encode()).digest()[:4], "little") >> 1

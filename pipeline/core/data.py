@@ -104,7 +104,7 @@ def _read(source: str, split: str | None) -> tuple[str, str, list[dict], list[st
             raise DataError(f"{source}: split={split!r} does not apply to a single file")
         return source, path.stem, *_read_file(path, label=source)
 
-    if _looks_like_path(source):
+    if looks_like_path(source):
         raise DataError(f"{source}: no such file or folder")
     if _HUB_ID.match(source):
         ds = datasets.load_dataset(source, split=split or "train")
@@ -150,7 +150,7 @@ def _benchmark_path(name: str) -> Path:
     )
 
 
-def _looks_like_path(source: str) -> bool:
+def looks_like_path(source: str) -> bool:
     # Anything with a file suffix, an explicit relative/absolute/home prefix, or more
     # than one separator cannot be a Hub id, so a missing one must not go to the Hub.
     return (

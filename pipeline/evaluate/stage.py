@@ -22,19 +22,21 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..backends.base import GenRequest, GenResult, make_teacher, split_reasoning, teacher_name
+from ..backends.base import GenRequest, GenResult, make_teacher, sample_seed, split_reasoning, teacher_name
 from ..backends.prompts import chat_messages
 from ..backends.server import serving_urls
 from ..core.config import BenchmarkConfig, EvalModelConfig, EvaluateConfig, SamplingConfig
-from ..core.data import BENCHMARKS, _looks_like_path, load_problems
+from ..core.data import BENCHMARKS, load_problems, looks_like_path
 from ..core.errors import DistillError
 from ..core.io import atomic_write_text, save_dataset_atomically
-from ..generate.stage import sample_seed
+from ..core.log import get_logger
 from ..verify import VERIFIER_ID, start_default_pool
 from .contamination import canonical_source, check_contamination
 from .report import markdown_table, print_summary, write_report
 from .scoring import benchmark_metrics, verify_records
 from .store import Benchmark, Key, Pair, current_records, final_samples, load_state, save_pair
+
+log = get_logger("evaluate")
 
 
 class EvaluateError(DistillError, ValueError):
@@ -61,7 +63,7 @@ def run(cfg: EvaluateConfig) -> dict:
     for m, mine in zip(models, by_model):
         reused = [p.bench.name for p in mine if p.metrics is not None]
         if reused:
-            print(f"evaluate: {m.name}: reusing finished results on {', '.join(reused)}")
+            log.info(f"evaluate: {m.name}: reusing finished results on {', '.join(reused)}")
         to_generate = [p for p in mine if p.metrics is None and p.pending()]
         if to_generate:
             generate_model(m, to_generate, cfg, sampling, out)
@@ -125,7 +127,7 @@ def resolve_ks(ks: list[int], n: int) -> list[int]:
         ks = [2**i for i in range(n.bit_length()) if 2**i <= n] + [n]
     kept = sorted({k for k in ks if k <= n})
     if len(kept) < len(set(ks)):
-        print(f"evaluate: skipping k > n={n} in evaluate.ks ({sorted(set(ks) - set(kept))})")
+        log.warning(f"evaluate: skipping k > n={n} in evaluate.ks ({sorted(set(ks) - set(kept))})")
     return kept or [1]
 
 
@@ -209,7 +211,7 @@ def preflight(model: EvalModelConfig, sampling: SamplingConfig, index: int) -> N
             raise TeacherServerError(f"model {model.name!r}: {str(e).replace('teacher.', where + '.')}") from None
         return
     local = Path(model.model).expanduser()
-    if not local.exists() and _looks_like_path(model.model):
+    if not local.exists() and looks_like_path(model.model):
         raise EvaluateError(f"model {model.name!r}: no such folder {model.model}; set {where}.model to a local "
                             f"model folder or a Hub id")
     from transformers import AutoConfig
@@ -226,7 +228,7 @@ def generate_model(model: EvalModelConfig, pairs: list[Pair], cfg: EvaluateConfi
     """Load the model once, generate the missing samples of each benchmark, score and save each pair."""
     log = out / "logs" / f"{slug(model.name)}-server.log"
     with serving_urls(model, log, seed=sampling.seed, stage="evaluate") as urls:
-        print(f"evaluate: loading {model.name} ({model.backend})")
+        log.info(f"evaluate: loading {model.name} ({model.backend})")
         teacher = make_teacher(model, sampling, base_urls=urls)
         try:
             for pair in pairs:
@@ -277,7 +279,7 @@ def finish_pair(pair: Pair, records: list[dict], cfg: EvaluateConfig) -> None:
     save_pair(pair, records, metrics=pair.metrics)
     if pair.metrics["failed_requests"]:
         first = next(r["error"] for r in records if r["error"] is not None)
-        print(f"evaluate: {pair.model.name} / {pair.bench.name}: {pair.metrics['failed_requests']} requests failed "
+        log.warning(f"evaluate: {pair.model.name} / {pair.bench.name}: {pair.metrics['failed_requests']} requests failed "
               f"(counted as wrong; a rerun asks for them again). First: {first}")
 
 

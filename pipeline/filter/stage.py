@@ -18,10 +18,13 @@ from ..core.config import FilterConfig, config_hash, without_operational
 from ..core.data import load_problems
 from ..core.errors import DistillError
 from ..core.io import data_fingerprint, load_dataset_folder_or_hub, save_dataset_atomically
+from ..core.log import get_logger
 from ..core.output import OutputMismatch, StageOutput
 from ..verify import VERIFIER_ID, start_default_pool, verify_many
 from . import checks
 from .report import write_report
+
+log = get_logger("filter")
 
 # column -> accepted Arrow-backed Python types, for the one-line schema error
 REQUIRED = {"id": "string", "sample": "int", "problem": "string", "answer": "string", "completion": "string",
@@ -52,7 +55,7 @@ def run(cfg: FilterConfig) -> dict:
     fingerprint = {"config": filter_fingerprint(cfg), "input": data_fingerprint(traces)}
     done = output.finished(fingerprint)
     if done is not None:
-        print(f"filter: {out} is up to date with its input and config; reusing it")
+        log.info(f"filter: {out} is up to date with its input and config; reusing it")
         return done
     try:
         output.claim(fingerprint, overwrite=cfg.overwrite)

@@ -13,12 +13,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..backends.base import GenRequest, GenResult, make_teacher, split_reasoning, teacher_name
+from ..backends.base import GenRequest, GenResult, make_teacher, sample_seed, split_reasoning, teacher_name
 from ..backends.prompts import chat_messages
 from ..backends.server import serving_urls
 from ..core.config import GenerateConfig
 from ..core.data import load_problems
+from ..core.log import get_logger
 from .store import Key, OutputConfigMismatch, TraceStore
+
+log = get_logger("generate")
 
 
 def run(cfg: GenerateConfig) -> dict:
@@ -35,7 +38,7 @@ def run(cfg: GenerateConfig) -> dict:
 
     done = store.complete_summary(fingerprint)
     if done and done.get("keys_hash") == request_hash and not (cfg.retry_failed and done["errors"]):
-        print(f"generate: {cfg.output} is complete for this config ({done['rows']} rows); reusing it")
+        log.info(f"generate: {cfg.output} is complete for this config ({done['rows']} rows); reusing it")
         if cfg.push_to_hub:
             push(store.load_final(), cfg.push_to_hub)
         return {**done, "generated_this_run": 0, "reused_rows": done["rows"], "reused": True}
@@ -55,7 +58,7 @@ def run(cfg: GenerateConfig) -> dict:
                if (r.id, r.sample) not in status or (cfg.retry_failed and not status[(r.id, r.sample)])]
     skipped = len(requests) - len(pending)
     if skipped:
-        print(f"generate: resuming, {skipped} of {len(requests)} rows already in {store.shards}")
+        log.info(f"generate: resuming, {skipped} of {len(requests)} rows already in {store.shards}")
 
     stats = RunStats()
     if pending:
@@ -105,15 +108,11 @@ def run(cfg: GenerateConfig) -> dict:
 
 def push(dataset, repo_id: str) -> None:
     dataset.push_to_hub(repo_id)  # the token comes from the environment or `hf auth login`, never from us
-    print(f"generate: pushed {len(dataset)} rows to the Hub dataset {repo_id}")
+    log.info(f"generate: pushed {len(dataset)} rows to the Hub dataset {repo_id}")
 
 
 def build_messages(problem: str, cfg: GenerateConfig) -> list[dict]:
     return chat_messages(problem, cfg.prompt)
-
-
-def sample_seed(seed: int, id_: str, sample: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{id_}:{sample}".encode()).digest()[:4], "little") >> 1
 
 
 def build_requests(problems, cfg: GenerateConfig) -> list[GenRequest]:

@@ -21,9 +21,12 @@ import datasets
 from ..core.config import TrainConfig, config_hash, without_operational
 from ..core.errors import DistillError
 from ..core.io import atomic_write_text, data_fingerprint, load_dataset_folder_or_hub
+from ..core.log import get_logger
 from ..core.output import OutputMismatch, StageOutput
 from ..core.stages import summary_path
 from .templates import IGNORE, Preflight, encode, resolve_chat_template
+
+log = get_logger("train")
 
 
 class TrainError(DistillError, ValueError):
@@ -177,7 +180,7 @@ def finished_or_claimed(cfg: TrainConfig, fp: str, stage: str, state) -> dict | 
     done = prepare_output(out, fp, cfg, stage, main=state.is_main_process)
     state.wait_for_everyone()
     if done is not None and state.is_main_process:
-        print(f"{stage}: {out}/model is already trained with this config and data; nothing to do "
+        log.info(f"{stage}: {out}/model is already trained with this config and data; nothing to do "
               f"(another {stage}.output, or removing this one, retrains)")
     return done
 
@@ -283,7 +286,7 @@ def train_and_save(trainer, cfg: TrainConfig, stage: str, *, tokenizer, pre: Pre
     state = PartialState()
     resume = last_checkpoint(out) if cfg.resume else None
     if resume and state.is_main_process:
-        print(f"{stage}: resuming from {resume}")
+        log.info(f"{stage}: resuming from {resume}")
     timer = Timer()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = timer.seconds
