@@ -18,7 +18,7 @@ from .core.io import atomic_write_text
 from .core.log import get_logger
 from .core.stages import STAGES
 
-log = get_logger("run")
+logger = get_logger("run")
 
 ORDER = list(STAGES)
 INPUTS = {name: list(stage.inputs) for name, stage in STAGES.items() if stage.inputs}
@@ -53,7 +53,7 @@ def run(recipe: Recipe, call_stage) -> dict:
         if marker and marker.exists() and (out / COMPLETE[stage]).exists():
             old = json.loads(marker.read_text())
             if old.get("key") == key:
-                log.info(f"run: {stage} is up to date ({out}); skipped")
+                logger.info(f"run: {stage} is up to date ({out}); skipped")
                 chain[stage], results[stage], timings[stage] = key, old.get("summary", {}), 0.0
                 continue
         print(f"\n===== {stage} =====")

@@ -18,7 +18,7 @@ from ..core.errors import DistillError
 from ..core.log import get_logger
 from .vllm_backend import set_cpu_env
 
-log = get_logger("server")
+logger = get_logger("server")
 
 
 class ServerStartError(DistillError, RuntimeError):
@@ -127,7 +127,7 @@ def serving_urls(cfg: TeacherConfig, log_path: str | Path, *, seed: int = 0, max
     (stopped when the block ends). Other backends get the configured list (empty)."""
     if cfg.backend == "openai" and cfg.launch_server:
         server = LocalVLLMServer(cfg, log_path, seed=seed, max_logprobs=max_logprobs)
-        log.info(f"{stage}: starting a local vLLM server for {cfg.model} (log: {server.log_path})")
+        logger.info(f"{stage}: starting a local vLLM server for {cfg.model} (log: {server.log_path})")
         with server as url:
             yield [url]
     else:

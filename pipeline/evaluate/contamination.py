@@ -11,7 +11,7 @@ from ..core.errors import DistillError
 from ..core.log import get_logger
 from ..core.stages import summary_path
 
-log = get_logger("evaluate")
+logger = get_logger("evaluate")
 
 
 class ContaminationError(DistillError, ValueError):
@@ -51,7 +51,7 @@ def check_contamination(report: str | None, benches: list, *, force: bool) -> No
         key = canonical_source(b.cfg.source, b.cfg.split)
         if key not in checked:
             b.contamination = "not checked by the filter"
-            log.warning(f"evaluate: warning: the filter ({path}) did not check {b.name} for contamination; add it to "
+            logger.warning(f"evaluate: warning: the filter ({path}) did not check {b.name} for contamination; add it to "
                   f"filter.decontaminate and re-filter to be sure")
             continue
         ids = set(b.problems["id"])
@@ -60,7 +60,7 @@ def check_contamination(report: str | None, benches: list, *, force: bool) -> No
             b.contamination = "clean"
         elif force:
             b.contamination = f"{len(flagged)} problems flagged (forced)"
-            log.warning(f"evaluate: warning: {b.name}: {len(flagged)} of its problems were flagged by the filter's "
+            logger.warning(f"evaluate: warning: {b.name}: {len(flagged)} of its problems were flagged by the filter's "
                   f"decontamination; evaluating them anyway (evaluate.force)")
         else:
             refused.append(f"{b.name} ({len(flagged)} of {len(ids)} problems)")

@@ -36,7 +36,7 @@ from .report import markdown_table, print_summary, write_report
 from .scoring import benchmark_metrics, verify_records
 from .store import Benchmark, Key, Pair, current_records, final_samples, load_state, save_pair
 
-log = get_logger("evaluate")
+logger = get_logger("evaluate")
 
 
 class EvaluateError(DistillError, ValueError):
@@ -63,7 +63,7 @@ def run(cfg: EvaluateConfig) -> dict:
     for m, mine in zip(models, by_model):
         reused = [p.bench.name for p in mine if p.metrics is not None]
         if reused:
-            log.info(f"evaluate: {m.name}: reusing finished results on {', '.join(reused)}")
+            logger.info(f"evaluate: {m.name}: reusing finished results on {', '.join(reused)}")
         to_generate = [p for p in mine if p.metrics is None and p.pending()]
         if to_generate:
             generate_model(m, to_generate, cfg, sampling, out)
@@ -127,7 +127,7 @@ def resolve_ks(ks: list[int], n: int) -> list[int]:
         ks = [2**i for i in range(n.bit_length()) if 2**i <= n] + [n]
     kept = sorted({k for k in ks if k <= n})
     if len(kept) < len(set(ks)):
-        log.warning(f"evaluate: skipping k > n={n} in evaluate.ks ({sorted(set(ks) - set(kept))})")
+        logger.warning(f"evaluate: skipping k > n={n} in evaluate.ks ({sorted(set(ks) - set(kept))})")
     return kept or [1]
 
 
@@ -228,7 +228,7 @@ def generate_model(model: EvalModelConfig, pairs: list[Pair], cfg: EvaluateConfi
     """Load the model once, generate the missing samples of each benchmark, score and save each pair."""
     log = out / "logs" / f"{slug(model.name)}-server.log"
     with serving_urls(model, log, seed=sampling.seed, stage="evaluate") as urls:
-        log.info(f"evaluate: loading {model.name} ({model.backend})")
+        logger.info(f"evaluate: loading {model.name} ({model.backend})")
         teacher = make_teacher(model, sampling, base_urls=urls)
         try:
             for pair in pairs:
@@ -279,7 +279,7 @@ def finish_pair(pair: Pair, records: list[dict], cfg: EvaluateConfig) -> None:
     save_pair(pair, records, metrics=pair.metrics)
     if pair.metrics["failed_requests"]:
         first = next(r["error"] for r in records if r["error"] is not None)
-        log.warning(f"evaluate: {pair.model.name} / {pair.bench.name}: {pair.metrics['failed_requests']} requests failed "
+        logger.warning(f"evaluate: {pair.model.name} / {pair.bench.name}: {pair.metrics['failed_requests']} requests failed "
               f"(counted as wrong; a rerun asks for them again). First: {first}")
 
 

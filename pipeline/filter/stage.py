@@ -24,7 +24,7 @@ from ..verify import VERIFIER_ID, start_default_pool, verify_many
 from . import checks
 from .report import write_report
 
-log = get_logger("filter")
+logger = get_logger("filter")
 
 # column -> accepted Arrow-backed Python types, for the one-line schema error
 REQUIRED = {"id": "string", "sample": "int", "problem": "string", "answer": "string", "completion": "string",
@@ -55,7 +55,7 @@ def run(cfg: FilterConfig) -> dict:
     fingerprint = {"config": filter_fingerprint(cfg), "input": data_fingerprint(traces)}
     done = output.finished(fingerprint)
     if done is not None:
-        log.info(f"filter: {out} is up to date with its input and config; reusing it")
+        logger.info(f"filter: {out} is up to date with its input and config; reusing it")
         return done
     try:
         output.claim(fingerprint, overwrite=cfg.overwrite)

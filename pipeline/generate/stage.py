@@ -21,7 +21,7 @@ from ..core.data import load_problems
 from ..core.log import get_logger
 from .store import Key, OutputConfigMismatch, TraceStore
 
-log = get_logger("generate")
+logger = get_logger("generate")
 
 
 def run(cfg: GenerateConfig) -> dict:
@@ -38,7 +38,7 @@ def run(cfg: GenerateConfig) -> dict:
 
     done = store.complete_summary(fingerprint)
     if done and done.get("keys_hash") == request_hash and not (cfg.retry_failed and done["errors"]):
-        log.info(f"generate: {cfg.output} is complete for this config ({done['rows']} rows); reusing it")
+        logger.info(f"generate: {cfg.output} is complete for this config ({done['rows']} rows); reusing it")
         if cfg.push_to_hub:
             push(store.load_final(), cfg.push_to_hub)
         return {**done, "generated_this_run": 0, "reused_rows": done["rows"], "reused": True}
@@ -58,7 +58,7 @@ def run(cfg: GenerateConfig) -> dict:
                if (r.id, r.sample) not in status or (cfg.retry_failed and not status[(r.id, r.sample)])]
     skipped = len(requests) - len(pending)
     if skipped:
-        log.info(f"generate: resuming, {skipped} of {len(requests)} rows already in {store.shards}")
+        logger.info(f"generate: resuming, {skipped} of {len(requests)} rows already in {store.shards}")
 
     stats = RunStats()
     if pending:
@@ -108,7 +108,7 @@ def run(cfg: GenerateConfig) -> dict:
 
 def push(dataset, repo_id: str) -> None:
     dataset.push_to_hub(repo_id)  # the token comes from the environment or `hf auth login`, never from us
-    log.info(f"generate: pushed {len(dataset)} rows to the Hub dataset {repo_id}")
+    logger.info(f"generate: pushed {len(dataset)} rows to the Hub dataset {repo_id}")
 
 
 def build_messages(problem: str, cfg: GenerateConfig) -> list[dict]:

@@ -29,7 +29,7 @@ from ..core.log import get_logger
 from ..core.stages import summary_path
 from .cards import PROJECT_TAG, Facts, dataset_card, display, is_hub_id, model_card, traces_card
 
-log = get_logger("push")
+logger = get_logger("push")
 
 SKIP_MODEL_FILES = {"README.md", "training_args.bin"}  # our card replaces peft's; the trainer's pickled arguments stay home
 SHARD_BYTES = 500 * 2**20  # Parquet shards of about this many bytes of Arrow data
@@ -251,7 +251,7 @@ def read_evaluation(cfg: PushConfig, f: Facts, defaulted: bool) -> None:
     path = p if p.suffix == ".json" else summary_path("evaluate", p)
     if not path.exists():
         if defaulted:
-            log.warning(f"push: no evaluation results at {path} (run distill evaluate first); the model card has no results")
+            logger.warning(f"push: no evaluation results at {path} (run distill evaluate first); the model card has no results")
             return
         raise PushError(f"push.evaluation {cfg.evaluation}: no results.json (an unfinished distill evaluate output?)")
     f.eval_results = _read_json(path)
@@ -268,7 +268,7 @@ def read_evaluation(cfg: PushConfig, f: Facts, defaulted: bool) -> None:
         if Path(m["model"].split("@")[0]).resolve() in mine:
             f.eval_model = m["name"]
             return
-    log.warning(f"push: {path} holds no results for {f.model_dir} (models: {', '.join(names)}); the card shows them without "
+    logger.warning(f"push: {path} holds no results for {f.model_dir} (models: {', '.join(names)}); the card shows them without "
           f"model-index metadata (set push.eval_model to the pushed model's label if it was evaluated under another path)")
 
 
@@ -470,7 +470,7 @@ def check_remote(api, u: Upload, cfg: PushConfig, token: str) -> Remote:
                         f"e.g. {', '.join(foreign[:3])}; its card has no '{PROJECT_TAG}' tag): nothing was uploaded; "
                         f"push to another repo, or set push.overwrite true to replace its content")
     if cfg.private and info.private is False:
-        log.warning(f"push: note: {u.repo_id} exists and is public; push.private only applies to repos it creates")
+        logger.warning(f"push: note: {u.repo_id} exists and is public; push.private only applies to repos it creates")
     return Remote(exists=True, private=info.private, files=files)
 
 
@@ -481,7 +481,7 @@ def commit(api, u: Upload, remote: Remote, cfg: PushConfig, token: str) -> dict:
     if not remote.exists:
         with _hub(f"creating {kind} repo {u.repo_id}", token, cfg):
             api.create_repo(u.repo_id, repo_type=kind, private=cfg.private, exist_ok=True)
-        log.info(f"push: created {'private' if cfg.private else 'public'} {kind} repo {u.repo_id}")
+        logger.info(f"push: created {'private' if cfg.private else 'public'} {kind} repo {u.repo_id}")
     revision = cfg.revision if cfg.revision and cfg.revision != "main" else None
     if revision:
         with _hub(f"creating branch {revision} of {u.repo_id}", token, cfg):
@@ -491,7 +491,7 @@ def commit(api, u: Upload, remote: Remote, cfg: PushConfig, token: str) -> dict:
     staged = dict(u.files())
     stale = sorted(s.rfilename for s in (head.siblings or []) if s.rfilename not in staged and s.rfilename != ".gitattributes")
     if stale:
-        log.info(f"push: {u.repo_id}: removing {len(stale)} file(s) this upload does not hold: {', '.join(stale[:5])}"
+        logger.info(f"push: {u.repo_id}: removing {len(stale)} file(s) this upload does not hold: {', '.join(stale[:5])}"
               + (" ..." if len(stale) > 5 else ""))
     ops = [CommitOperationDelete(path_in_repo=name) for name in stale]
     ops += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(u.folder / name)) for name in staged]

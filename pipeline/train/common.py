@@ -26,7 +26,7 @@ from ..core.output import OutputMismatch, StageOutput
 from ..core.stages import summary_path
 from .templates import IGNORE, Preflight, encode, resolve_chat_template
 
-log = get_logger("train")
+logger = get_logger("train")
 
 
 class TrainError(DistillError, ValueError):
@@ -180,7 +180,7 @@ def finished_or_claimed(cfg: TrainConfig, fp: str, stage: str, state) -> dict | 
     done = prepare_output(out, fp, cfg, stage, main=state.is_main_process)
     state.wait_for_everyone()
     if done is not None and state.is_main_process:
-        log.info(f"{stage}: {out}/model is already trained with this config and data; nothing to do "
+        logger.info(f"{stage}: {out}/model is already trained with this config and data; nothing to do "
               f"(another {stage}.output, or removing this one, retrains)")
     return done
 
@@ -286,7 +286,7 @@ def train_and_save(trainer, cfg: TrainConfig, stage: str, *, tokenizer, pre: Pre
     state = PartialState()
     resume = last_checkpoint(out) if cfg.resume else None
     if resume and state.is_main_process:
-        log.info(f"{stage}: resuming from {resume}")
+        logger.info(f"{stage}: resuming from {resume}")
     timer = Timer()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = timer.seconds

@@ -30,7 +30,7 @@ from .common import TrainError
 from .kd_losses import distillation_loss
 from .templates import IGNORE, preflight
 
-log = get_logger("kd")
+logger = get_logger("kd")
 
 BATCH_ONLY = ("labels", "topk_ids", "topk_logprobs", "prompts", "prompt_attention_mask", "sampled")
 
@@ -109,7 +109,7 @@ def build(cfg: KDConfig, raw=None, *, callbacks: list | None = None, verbose: bo
         stopped, total = kd_data.stop_coverage(raw, pre.stop_ids)
         data_stats["completions_ending_with_turn_end"] = stopped
         if stopped == 0 and verbose:
-            log.warning(f"kd: warning: none of the {total} teacher completions ends with the student's end-of-turn token "
+            logger.warning(f"kd: warning: none of the {total} teacher completions ends with the student's end-of-turn token "
                   f"{pre.turn_end!r} (truncated traces, or another chat template?): the student will not learn to stop")
     else:
         train, data_stats = common.encode_dataset(raw, tokenizer, cfg)
@@ -118,7 +118,7 @@ def build(cfg: KDConfig, raw=None, *, callbacks: list | None = None, verbose: bo
         train = kd_data.pack(train, cfg.max_length, cfg.seed)
     if verbose:
         over = data_stats["examples_over_max_length"]
-        log.info(f"kd ({cfg.mode}): {data_stats['examples_trained']} examples, {data_stats['tokens_per_epoch']} tokens "
+        logger.info(f"kd ({cfg.mode}): {data_stats['examples_trained']} examples, {data_stats['tokens_per_epoch']} tokens "
               f"per epoch" + (f", top-{data_stats['topk']} teacher logprobs" if cfg.mode == "offline" else "")
               + f"; vocabulary check {vocab_check}" + ("" if packing else "; no packing")
               + (f"; {over} examples over max_length {cfg.max_length} "
@@ -162,7 +162,7 @@ def check_vocabulary(cfg: KDConfig, tokenizer, *, verbose: bool = True) -> tuple
     name = cfg.teacher or (kd_data.traces_teacher(cfg.data) if cfg.mode == "offline" else None)
     if name is None:
         if verbose:
-            log.warning("kd: vocabulary check partial: no teacher named (kd.teacher) or recorded with the traces; only "
+            logger.warning("kd: vocabulary check partial: no teacher named (kd.teacher) or recorded with the traces; only "
                   "checking that the stored token ids lie inside the student's vocabulary")
         return len(tokenizer), "partial", None
     teacher_tok = kd_data.load_teacher_tokenizer(name, trust_remote_code=cfg.trust_remote_code,
@@ -171,7 +171,7 @@ def check_vocabulary(cfg: KDConfig, tokenizer, *, verbose: bool = True) -> tuple
         if cfg.teacher is not None:
             raise TrainError(f"kd.teacher {name}: cannot load its tokenizer (a Hub id or a local model folder)")
         if verbose:
-            log.warning(f"kd: vocabulary check partial: the traces' teacher {name} is not on this machine (set kd.teacher "
+            logger.warning(f"kd: vocabulary check partial: the traces' teacher {name} is not on this machine (set kd.teacher "
                   f"to check it); only checking that the stored token ids lie inside the student's vocabulary")
         return len(tokenizer), "partial", name
     return kd_data.check_vocab(teacher_tok, tokenizer, name, cfg.student), "full", name

@@ -13,7 +13,7 @@ from ..core.log import get_logger
 from . import common
 from .templates import preflight
 
-log = get_logger("sft")
+logger = get_logger("sft")
 
 
 def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
@@ -36,7 +36,7 @@ def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
     train, data_stats = common.encode_dataset(raw, tokenizer, cfg)
     if state.is_main_process:
         over = data_stats["examples_over_max_length"]
-        log.info(f"sft: {data_stats['examples_trained']} examples, {data_stats['tokens_per_epoch']} tokens per epoch; "
+        logger.info(f"sft: {data_stats['examples_trained']} examples, {data_stats['tokens_per_epoch']} tokens per epoch; "
               f"assistant turn ends with {pre.turn_end!r}"
               + (f"; {over} examples over max_length {cfg.max_length} "
                  f"{'dropped' if cfg.long_examples == 'drop' else 'cut'}" if over else ""))
