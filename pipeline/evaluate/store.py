@@ -17,7 +17,7 @@ import datasets
 
 from ..core.config import BenchmarkConfig, EvalModelConfig
 from ..core.io import atomic_write_text, changed_keys, save_dataset_atomically
-from ..generate.store import OutputConfigMismatch
+from ..core.output import OutputMismatch as OutputConfigMismatch
 
 RECORD_FEATURES = datasets.Features({
     "model": datasets.Value("string"), "benchmark": datasets.Value("string"), "id": datasets.Value("string"),

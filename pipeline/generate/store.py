@@ -11,7 +11,6 @@ A crash or kill -9 can lose at most the rows not yet flushed to a shard; it can 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -21,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core.errors import DistillError
-from ..core.io import atomic_write_text, changed_keys, data_fingerprint, save_dataset_atomically
+from ..core.io import save_dataset_atomically
+from ..core.output import OutputMismatch, StageOutput
 
 SAMPLING_TYPE = pa.struct([("temperature", pa.float64()), ("top_p", pa.float64()), ("max_tokens", pa.int64()),
                            ("seed", pa.int64()), ("logprobs", pa.int64())])
@@ -39,8 +39,7 @@ TOPK_COLUMNS = ("topk_ids", "topk_logprobs")
 Key = tuple[str, int]
 
 
-class OutputConfigMismatch(DistillError, RuntimeError):
-    pass
+OutputConfigMismatch = OutputMismatch  # the folder holds another config's traces (the protocol's own error)
 
 
 class TraceStore:
@@ -50,25 +49,17 @@ class TraceStore:
         self.dataset_dir = self.root / "dataset"
         self.summary_path = self.root / "summary.json"
         self.run_path = self.root / "run.json"
+        # the stages' output protocol (core.output); a finished output is dataset/ beside summary.json
+        self.output = StageOutput(self.root, "generate", needs=("dataset",), parts=("shards", "dataset", "summary.json"))
 
     # ---------------------------------------------------------------- config fingerprint
     def claim(self, fingerprint: dict, *, overwrite: bool) -> None:
-        """Tie the folder to this config; refuse (or wipe, with overwrite) one made with another."""
-        if self.run_path.exists():
-            old = json.loads(self.run_path.read_text()).get("fingerprint", {})
-            if old != fingerprint:
-                if not overwrite:
-                    changed = ", ".join(changed_keys(old, fingerprint)) or "fingerprint format"
-                    raise OutputConfigMismatch(
-                        f"{self.root} was generated with a different config (changed: {changed}); pass "
-                        f"--generate.overwrite true to discard it, or choose another generate.output")
-                self.wipe()
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Tie the folder to this config; refuse (naming the changed keys) or, with overwrite, wipe one made with
+        another."""
+        self.output.claim(fingerprint, overwrite=overwrite)
         self.shards.mkdir(exist_ok=True)
         for tmp in [*self.shards.glob(".*.tmp"), *self.root.glob(".dataset.tmp-*")]:  # left by a crash
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        if not self.run_path.exists():
-            atomic_write_text(self.run_path, json.dumps({"fingerprint": fingerprint}, indent=2))
 
     def wipe(self) -> None:
         for p in (self.shards, self.dataset_dir):
@@ -138,7 +129,7 @@ class TraceStore:
     def save_final(self, dataset, summary: dict) -> None:
         self.summary_path.unlink(missing_ok=True)  # not complete while the dataset is being swapped
         save_dataset_atomically(dataset, self.dataset_dir)
-        atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
+        self.output.complete(summary)  # last (it holds the fingerprint)
 
     def load_final(self):
         import datasets
@@ -147,8 +138,4 @@ class TraceStore:
 
     def complete_summary(self, fingerprint: dict) -> dict | None:
         """The summary of a finished run with this fingerprint, else None."""
-        if not (self.summary_path.exists() and self.dataset_dir.exists() and self.run_path.exists()):
-            return None
-        if json.loads(self.run_path.read_text()).get("fingerprint") != fingerprint:
-            return None
-        return json.loads(self.summary_path.read_text())
+        return self.output.finished(fingerprint)
