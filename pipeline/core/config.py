@@ -240,12 +240,10 @@ class EvalSamplingConfig:
 @dataclass
 class EvaluateConfig:
     models: list[EvalModelConfig | str] = opt(help="models to evaluate: every generate.teacher key plus name (the "
-                                                   "label "
-                                                   "in the tables); a bare string is short for {model: ...}")
+                                                   "label in the tables); a bare string is short for {model: ...}")
     benchmarks: list[BenchmarkConfig | str] = opt(help="benchmarks: names (gsm8k, math500, aime24, aime25, amc23, "
-                                                       "svamp, "
-                                                       "olympiadbench), files, folders or Hub ids; a bare string is short "
-                                                       "for {source: ...}")
+                                                       "svamp, olympiadbench), files, folders or Hub ids; a bare "
+                                                       "string is short for {source: ...}")
     output: str = opt(help="folder: results.json/.md/.png, samples/ (per-sample records), pairs/ (per model x "
                            "benchmark state)")
     prompt: PromptConfig = opt(factory=PromptConfig, help="as in generate (R1's instruction by default)")
@@ -501,8 +499,10 @@ def _default_text(f: dataclasses.Field) -> str:
         return "required"
     if dataclasses.is_dataclass(value):
         return ""
-    return json.dumps(value) if not isinstance(value, str) else repr(value) if value.strip() != value or \
-        "\n" in value or not value else value
+    if not isinstance(value, str):
+        return json.dumps(value)
+    plain = value and value.strip() == value and "\n" not in value
+    return value if plain else repr(value)  # quoted when blanks or newlines would be invisible
 
 
 def describe_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
@@ -523,17 +523,16 @@ def describe_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]
     return rows
 
 
-STAGE_SECTIONS = {"generate": GenerateConfig, "filter": FilterConfig, "sft": SFTConfig, "kd": KDConfig,
-                  "evaluate": EvaluateConfig, "push": PushConfig}
+# each stage's section type, read off the Recipe (a new section there is a new --help and README table)
+STAGE_SECTIONS = {name: _sections(tp)[0] for name, tp in typing.get_type_hints(Recipe).items()}
 
 
 def keys_help(stage: str) -> str:
     """The keys of a stage's section as `--help` lists them (HfArgumentParser-like)."""
     lines = [f"keys of the {stage}: section (set them in the recipe, or override: --{stage}.KEY VALUE):"]
     for key, tp, default, meaning in describe_keys(STAGE_SECTIONS[stage]):
-        default = f" (default: {default})" if default and default != "required" else " (required)" \
-            if default == "required" else ""
-        lines.append(f"  --{stage}.{key} {tp}{default}")
+        shown = " (required)" if default == "required" else f" (default: {default})" if default else ""
+        lines.append(f"  --{stage}.{key} {tp}{shown}")
         if meaning:
             lines.append(f"      {meaning}")
     return "\n".join(lines)

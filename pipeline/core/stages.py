@@ -1,5 +1,5 @@
-"""The stage table: every stage's name, config section, run function, inputs and the upstream defaults it takes
-from the recipe. The CLI (`distill STAGE`), `distill run` and `distill config` all read it; a new stage is one
+"""The stage table: every stage's name, run module, inputs, completion file and the upstream defaults it takes
+from the recipe (its config section is the Recipe field of the same name). The CLI (`distill STAGE`), `distill run` and `distill config` all read it; a new stage is one
 entry here plus its module."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,9 +40,9 @@ def _train_defaults(section, recipe: Recipe) -> None:
 
 
 def _evaluate_defaults(section, recipe: Recipe) -> None:
-    report = os.path.join(recipe.filter.output, "report.json") if recipe.filter is not None else None
-    if section.decontamination_report is None and report and os.path.exists(report):
-        section.decontamination_report = report  # check against this recipe's own training problems
+    report = summary_path("filter", recipe.filter.output) if recipe.filter is not None else None
+    if section.decontamination_report is None and report is not None and report.exists():
+        section.decontamination_report = str(report)  # check against this recipe's own training problems
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
