@@ -23,7 +23,7 @@ from pipeline.generate.store import OutputConfigMismatch
 
 PNG = b"\x89PNG\r\n\x1a\n"
 RECORD_COLUMNS = {"model", "benchmark", "id", "sample", "problem", "answer", "completion", "predicted", "correct",
-                  "verify_reason", "finish_reason", "completion_tokens", "error"}
+                  "verify_reason", "failure", "finish_reason", "completion_tokens", "error"}
 
 
 def write_problems(path: Path, rows: list[dict]) -> str:
@@ -48,7 +48,7 @@ SCRIPT = {  # (problem id, sample) -> completion, or an exception text for a fai
     ("half", 2): "\\boxed{3}",
     ("half", 3): "\\boxed{\\frac{1}{2}}",
     ("four", 0): "\\boxed{5}",
-    ("four", 1): "\\boxed{5}",
+    ("four", 1): "2 + 2 = 5, so \\boxed{5}",  # a false written step
     ("four", 2): "2 + 2 = \\boxed{4}",
     ("four", 3): "<think>2 + 2 is \\boxed{4} but let me check",  # cut off inside its reasoning: no answer
     ("ten", 0): RuntimeError("HTTP 503: overloaded"),
@@ -114,6 +114,8 @@ def test_scoring_on_known_completions(scripted, tmp_path, capsys):
     assert m["failed_requests"] == 1 and m["truncated_rate"] == pytest.approx(1 / 12, abs=1e-6)
     assert m["no_answer_rate"] == pytest.approx(2 / 11, abs=1e-6) and m["mean_output_tokens"] == 10
     assert m["ci95_low"] <= m["pass@1"] <= m["ci95_high"]
+    assert m["failures"] == {"correct": 6, "failed": 1, "loop": 0, "truncated": 1, "no answer": 1, "arithmetic": 1,
+                             "method": 2}
     assert "1 requests failed" in capsys.readouterr().out
 
     samples = datasets.load_from_disk(str(out / "samples"))
@@ -123,11 +125,14 @@ def test_scoring_on_known_completions(scripted, tmp_path, capsys):
     assert row[("four", 3)]["predicted"] is None and row[("four", 3)]["finish_reason"] == "length"
     assert row[("ten", 0)]["error"] == "HTTP 503: overloaded" and row[("ten", 0)]["verify_reason"] == "request failed"
     assert row[("ten", 1)]["predicted"] == "10"
+    assert [row[("four", i)]["failure"] for i in range(4)] == ["method", "arithmetic", "correct", "truncated"]
     assert json.loads((out / "results.json").read_text())["results"]["student"]["mini"] == m
     md = (out / "results.md").read_text()
     assert r["table"].startswith("| benchmark (problems) | metric | student |") and r["table"] in md
     assert "| mini (3) | pass@1 (95% CI) | 50.0 (" in md and "| maj@4 | 66.7 |" in md
     assert "| failed requests | 1 |" in md
+    assert "| mini (3) | correct | 50.0 (6) |" in md and "|  | arithmetic | 8.3 (1) |" in md
+    assert (out / "failures.png").read_bytes()[:8] == PNG
     assert (out / "results.png").read_bytes()[:8] == PNG
 
     # a rerun asks again for the failed request only, and the server has recovered

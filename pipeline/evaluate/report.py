@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .failures import CLASSES
+
 
 def write_report(out: Path, results: dict) -> None:
     (out / "results.md").write_text(markdown(results))
     plot(out / "results.png", results)
+    plot_failures(out / "failures.png", results)
 
 
 def table(results: dict) -> tuple[list[str], list[list[str]]]:
@@ -32,6 +35,24 @@ def table(results: dict) -> tuple[list[str], list[list[str]]]:
     return ["benchmark (problems)", "metric", *models], rows
 
 
+def failure_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the failure breakdown: one row per (benchmark, class), one column per model, each cell
+    the share of that model's samples in the class. Classes no model shows are left out."""
+    models = [m["name"] for m in results["models"]]
+    rows = []
+    for b in results["benchmarks"]:
+        counts = [results["results"][m][b["name"]].get("failures") or {} for m in models]
+        shown = [c for c in CLASSES if any(f.get(c) for f in counts)]
+        for i, c in enumerate(shown):
+            rows.append([f"{b['name']} ({b['n_problems']})" if i == 0 else "", c,
+                         *(_share(f.get(c), sum(f.values())) for f in counts)])
+    return ["benchmark (problems)", "class", *models], rows
+
+
+def _share(n: int | None, total: int) -> str:
+    return "-" if n is None or not total else f"{100 * n / total:.1f} ({n})"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
@@ -40,9 +61,9 @@ def _count(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}"
 
 
-def markdown_table(r: dict) -> str:
-    """The side-by-side table alone, in Markdown."""
-    header, rows = table(r)
+def markdown_table(r: dict, make=table) -> str:
+    """The side-by-side table alone (or the failure breakdown: make=failure_table), in Markdown."""
+    header, rows = make(r)
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
@@ -55,6 +76,12 @@ def markdown(r: dict) -> str:
              f"pass@1 is the mean over samples and problems with a bootstrap 95% interval over problems; pass@k is "
              f"the unbiased estimator; maj@k votes over answers grouped by verified equivalence.", "",
              markdown_table(r)]
+    lines += ["", "## How the models fail", "",
+              "Share of samples (count) in each class, the first that applies: correct; failed (the request); loop "
+              "(cut off at the token limit, repeating itself); truncated (cut off otherwise); no answer (ended "
+              "without one); arithmetic (answered, and a written step such as `6 \\times 9 = 56` is false); method "
+              "(answered, every written step holds, the answer is wrong). Each sample's class is in samples/ "
+              "(`failure`).", "", markdown_table(r, failure_table), "", "![how the samples fail](failures.png)"]
     lines += ["", "| model | served as | backend |", "|---|---|---|"]
     lines += [f"| {m['name']} | `{m['model']}` | {m['backend']} |" for m in r["models"]]
     lines += ["", "| benchmark | source | contamination check |", "|---|---|---|"]
@@ -91,10 +118,39 @@ def plot(path: Path, r: dict) -> None:
     plt.close(fig)
 
 
+def plot_failures(path: Path, r: dict) -> None:
+    """One stacked bar per (benchmark, model): the share of its samples in each class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [(f"{b['name']}\n{m['name']}", r["results"][m["name"]][b["name"]].get("failures") or {})
+            for b in r["benchmarks"] for m in r["models"]]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(bars) + 2.5), 4))
+    bottom = [0.0] * len(bars)
+    for c in CLASSES:
+        share = [100 * f.get(c, 0) / max(1, sum(f.values())) for _, f in bars]
+        if any(share):
+            ax.bar(range(len(bars)), share, bottom=bottom, label=c)
+            bottom = [b + s for b, s in zip(bottom, share)]
+    ax.set_xticks(range(len(bars)), [label for label, _ in bars], fontsize="small")
+    ax.set(ylabel="share of samples (%)", ylim=(0, 100), title="how the samples fail")
+    ax.legend(fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def print_summary(r: dict, output: str) -> None:
-    header, rows = table(r)
+    print(f"\nevaluate: done -> {output}/results.json, results.md, results.png, failures.png, samples/")
+    _print_table(*table(r))
+    print("\n  how the samples fail (share of samples, count; results.md says what each class means):")
+    _print_table(*failure_table(r))
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    print(f"\nevaluate: done -> {output}/results.json, results.md, results.png, samples/")
     for row in [header, *rows]:
         cells = (c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths)))
         print("  " + "  ".join(cells))

@@ -17,7 +17,7 @@ from typing import Sequence
 from ..backends.base import split_reasoning
 from ..core.config import VerifyConfig
 from ..verify import VerifyPool, default_pool, verify_many
-from . import metrics
+from . import failures, metrics
 
 REQUEST_FAILED = "request failed"  # verify_reason of a sample whose generation request failed
 
@@ -156,6 +156,7 @@ def benchmark_metrics(records: list[dict], ks: list[int], *, n_boot: int, seed: 
         "no_answer_rate": _round(sum(r["predicted"] is None for r in answered) / max(1, len(answered))),
         "mean_output_tokens": round(sum(tokens) / len(tokens), 1) if tokens else None,
         "failed_requests": len(records) - len(answered),
+        "failures": failures.breakdown(records),
     }
 
 

@@ -31,6 +31,7 @@ from ..core.errors import DistillError
 from ..core.io import atomic_write_text, save_dataset_atomically
 from ..core.log import get_logger
 from ..verify import VERIFIER_ID, start_default_pool
+from . import failures
 from .contamination import canonical_source, check_contamination
 from .report import markdown_table, print_summary, write_report
 from .scoring import benchmark_metrics, verify_records
@@ -181,7 +182,7 @@ def plan_pair(cfg: EvaluateConfig, out: Path, model: EvalModelConfig, bench: Ben
           "prompt": asdict(cfg.prompt),
           "sampling": {k: v for k, v in asdict(sampling).items() if k not in ("n", "logprobs")}}
     scoring = {"ks": ks, "bootstrap": cfg.bootstrap, "seed": sampling.seed, "timeout_s": cfg.verify.timeout_s,
-               "verifier": VERIFIER_ID}
+               "verifier": VERIFIER_ID, "failures": failures.FAILURES_ID}
     blob = json.dumps([sampling.n, list(problems["id"]), list(problems["problem"]), list(problems["answer"])])
     pair = Pair(model, bench, out / "pairs" / slug(model.name) / slug(bench.name), fp, scoring,
                 hashlib.sha256(blob.encode()).hexdigest()[:16], n=sampling.n)
@@ -267,13 +268,15 @@ def record(pair: Pair, problem: dict, res: GenResult) -> dict:
     completion = None if res.error is not None else split_reasoning(res.completion or "", res.reasoning_field)[0]
     return {"model": pair.model.name, "benchmark": pair.bench.name, "id": res.id, "sample": res.sample,
             "problem": problem["problem"], "answer": problem["answer"], "completion": completion,
-            "predicted": None, "correct": False, "verify_reason": None, "finish_reason": res.finish_reason,
-            "completion_tokens": res.completion_tokens, "error": res.error}
+            "predicted": None, "correct": False, "verify_reason": None, "failure": None,
+            "finish_reason": res.finish_reason, "completion_tokens": res.completion_tokens, "error": res.error}
 
 
 def finish_pair(pair: Pair, records: list[dict], cfg: EvaluateConfig) -> None:
     """Verify every sample, compute the metrics, save the pair as complete."""
     verify_records(records, cfg.verify, progress=cfg.progress)
+    for r in records:
+        r["failure"] = failures.classify(r)
     pair.metrics = benchmark_metrics(records, pair.scoring["ks"], n_boot=cfg.bootstrap, seed=pair.scoring["seed"],
                                      verify=cfg.verify)
     save_pair(pair, records, metrics=pair.metrics)
@@ -297,7 +300,7 @@ def free_memory() -> None:
 # ----------------------------------------------------------------------------------------- outputs
 
 def save_outputs(out: Path, results: dict, pairs: list[Pair]) -> None:
-    """samples/ (the records of every pair), results.md and results.png; results.json is removed first so an
+    """samples/ (the records of every pair), results.md, results.png and failures.png; results.json is removed first so an
     interrupted write never leaves a complete-looking output."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").unlink(missing_ok=True)

@@ -23,8 +23,8 @@ RECORD_FEATURES = datasets.Features({
     "model": datasets.Value("string"), "benchmark": datasets.Value("string"), "id": datasets.Value("string"),
     "sample": datasets.Value("int32"), "problem": datasets.Value("string"), "answer": datasets.Value("string"),
     "completion": datasets.Value("string"), "predicted": datasets.Value("string"), "correct": datasets.Value("bool"),
-    "verify_reason": datasets.Value("string"), "finish_reason": datasets.Value("string"),
-    "completion_tokens": datasets.Value("int32"), "error": datasets.Value("string"),
+    "verify_reason": datasets.Value("string"), "failure": datasets.Value("string"),
+    "finish_reason": datasets.Value("string"), "completion_tokens": datasets.Value("int32"), "error": datasets.Value("string"),
 })
 
 
@@ -126,9 +126,14 @@ def save_pair(pair: Pair, records: list[dict], *, metrics: dict | None) -> None:
     pair.dir.mkdir(parents=True, exist_ok=True)
     state_path = pair.dir / "pair.json"
     state_path.unlink(missing_ok=True)
-    ds = datasets.Dataset.from_list(records, features=RECORD_FEATURES)
+    # every column, so that samples saved before a column existed (failure) still combine with new ones
+    ds = datasets.Dataset.from_list([{k: r.get(k) for k in RECORD_FEATURES} for r in records],
+                                    features=RECORD_FEATURES)
     if (pair.dir / "samples").exists() and not pair.discard_old:
         old = datasets.load_from_disk(str(pair.dir / "samples"))
+        for column in RECORD_FEATURES.keys() - set(old.column_names):
+            old = old.add_column(column, [None] * len(old), feature=RECORD_FEATURES[column])
+        old = old.select_columns(list(RECORD_FEATURES))
         have = {(r["id"], r["sample"]) for r in records}
         extra = [j for j, key in enumerate(zip(old["id"], old["sample"])) if key not in have]
         if extra:
