@@ -35,6 +35,9 @@ def test_a_false_step_is_found(text, wrong):
     "1. 28 + 26 = 54\n- 19 apples are left",  # a list item on the next line is not a subtraction
     "Maya has 3 = 3 apples, version 2.5 = 2.5",   # nothing computed
     "He is 12 years old and has 3 cats.",
+    # from the demo teacher's correct traces
+    "\\[ \\frac{25}{3} = 8.333333333333333 \\]",  # exact decimals, not floats
+    "\\text{Books per Bucket} = \\frac{\\text{Remaining Books}}{4} = \\frac{32}{4} = 8",  # a fraction in words
 ])
 def test_true_or_absent_steps_are_not_flagged(text):
     assert false_steps(text) == []

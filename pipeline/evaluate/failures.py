@@ -86,6 +86,8 @@ def false_steps(text: str) -> list[str]:
 
 def _normalise(text: str) -> str:
     t = re.sub(r"\\[dt]?frac\{\s*(" + _NUM + r")\s*\}\{\s*(" + _NUM + r")\s*\}", r"(\1 / \2)", text)
+    # any other fraction (\\frac{\\text{Remaining Books}}{4}) is no number: a word ends the equation there
+    t = re.sub(r"\\[dt]?frac" + 2 * r"\{(?:[^{}]|\{[^{}]*\})*\}", " word ", t)
     t = re.sub(r"\\times|\\cdot|×|·|∗", "*", t)
     t = re.sub(r"\\div|÷", "/", t)
     t = t.replace("−", "-")
@@ -96,8 +98,8 @@ def _normalise(text: str) -> str:
 
 
 def _value(expr: str) -> Fraction | None:
-    try:
-        tree = ast.parse(expr, mode="eval")
+    try:  # numbers as string constants, read exactly by Fraction (a float would turn 8.333333333333333 into ...34)
+        tree = ast.parse(re.sub(_NUM, lambda m: f'"{m.group(0)}"', expr), mode="eval")
     except (SyntaxError, ValueError):
         return None
     try:
@@ -107,8 +109,8 @@ def _value(expr: str) -> Fraction | None:
 
 
 def _fold(node: ast.AST) -> Fraction:
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-        return Fraction(str(node.value))
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(_NUM, node.value):
+        return Fraction(node.value)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         v = _fold(node.operand)
         return -v if isinstance(node.op, ast.USub) else v
