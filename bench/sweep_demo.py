@@ -30,12 +30,15 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "recipes" / "demo-cpu.yaml"
-SAMPLES = 4  # generated per problem, once; rows keep 1, 2 or 4 of them
+SAMPLES = 4  # generated per problem, once; rows keep 1, 2 or 4 of them (--samples)
 
 # name -> (what changes, overrides). Overrides: {"filter": {...}, "sft": {...}, "eval": {...}, "problems": N}
 ROWS: dict[str, tuple[str, dict]] = {
     "base": ("the demo recipe as it was (2 epochs, lr 1e-4, packed, <= 2 shortest correct per problem)", {}),
-    "eval-fp32": ("student evaluated in float32 instead of bfloat16", {"eval": {"dtype": "float32"}}),
+    "eval-bf16": ("student evaluated in bfloat16 (on a CPU with avx512_bf16 the recipe's auto is bf16 already)",
+                  {"eval": {"dtype": "bfloat16"}}),
+    "eval-fp32": ("student evaluated in float32 (on a CPU without avx512_bf16 the recipe's auto is fp32 already)",
+                  {"eval": {"dtype": "float32"}}),
     "train-bf16": ("sft in bf16 autocast instead of fp32", {"sft": {"precision": "bf16"}}),
     "epochs-3": ("3 epochs", {"sft": {"epochs": 3}}),
     "epochs-5": ("5 epochs", {"sft": {"epochs": 5}}),
@@ -51,14 +54,18 @@ ROWS: dict[str, tuple[str, dict]] = {
 
 
 def main() -> None:
+    global SAMPLES
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names (default: all)")
     ap.add_argument("--out", default="runs/sweep", help="sweep folder")
     ap.add_argument("--heldout", type=int, default=100, help="held-out synthetic problems evaluated")
+    ap.add_argument("--samples", type=int, default=SAMPLES,
+                    help="answers generated per problem (rows keeping more than this keep all of them)")
     ap.add_argument("--list", action="store_true", help="print the rows and exit")
     ap.add_argument("--table", action="store_true", help="print the table of measured rows and exit")
     args = ap.parse_args()
     out = Path(args.out)
+    SAMPLES = args.samples
     if args.list:
         for name, (what, over) in ROWS.items():
             print(f"{name:12s} {what}   {json.dumps(over)}")
@@ -143,7 +150,7 @@ def run_row(name: str, base: dict, out: Path, traces: Path, gen_s: float, heldou
     if problems != base["generate"]["problems"]["limit"]:
         recipe["filter"]["input"] = str(subset(traces, problems, out))
     recipe["sft"].update(s_over, output=str(s_dir), data=str(f_dir))
-    student = {"name": "student-after", "model": str(s_dir / "model"), "backend": "vllm", "dtype": "bfloat16",
+    student = {"name": "student-after", "model": str(s_dir / "model"), "backend": "vllm", "dtype": "auto",
                "max_model_len": 1024, "enforce_eager": True, **e_over}
     heldout_bench = next(b for b in base["evaluate"]["benchmarks"] if b["name"] == "synth-heldout")
     recipe["evaluate"].update(models=[student], benchmarks=[{**heldout_bench, "limit": heldout}], output=str(e_dir))

