@@ -1,7 +1,8 @@
 """What makes the CPU demo's student learn: one knob at a time from recipes/demo-cpu.yaml.
 
-The teacher's traces are generated once, 4 samples per problem (the largest setting any row uses); each row then
-runs filter -> sft -> evaluate with its knob changed and reports the student's held-out pass@1 with its 95%
+The teacher's traces are generated once, 320 problems x 4 samples (the largest setting any row uses); each row
+reads the first N problems and their first n samples, as if generate had been asked for just those, then runs
+filter -> sft -> evaluate with its knob changed and reports the student's held-out pass@1 with its 95%
 interval, its failure breakdown and the time of its stages. Stage outputs are shared between rows whose
 upstream settings agree (a row that only changes the evaluation dtype reuses the base row's model), and a
 rerun skips what is finished, so the sweep can be stopped and continued.
@@ -30,45 +31,47 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "recipes" / "demo-cpu.yaml"
-SAMPLES = 4  # generated per problem, once; rows keep 1, 2 or 4 of them (--samples)
+PROBLEMS, SAMPLES = 320, 4  # generated once (the largest setting any row uses); rows take a prefix of each
 
-# name -> (what changes, overrides). Overrides: {"filter": {...}, "sft": {...}, "eval": {...}, "problems": N}
+# name -> (what changes, overrides). Overrides: {"problems": N, "samples": n, "filter": {...}, "sft": {...},
+# "eval": {...}}; a row reads the traces of the first N problems and their first n samples, as if generate had
+# been asked for exactly those. The base row is the demo recipe as it stood before the sweep.
+BASE_ROW = {"problems": 160, "samples": 2}
 ROWS: dict[str, tuple[str, dict]] = {
-    "base": ("the demo recipe as it was (2 epochs, lr 1e-4, packed, <= 2 shortest correct per problem)", {}),
-    "eval-bf16": ("student evaluated in bfloat16 (on a CPU with avx512_bf16 the recipe's auto is bf16 already)",
-                  {"eval": {"dtype": "bfloat16"}}),
-    "eval-fp32": ("student evaluated in float32 (on a CPU without avx512_bf16 the recipe's auto is fp32 already)",
+    "base": ("the demo recipe before the sweep: 160 problems x 2 samples, every correct one kept, 2 epochs, "
+             "lr 1e-4, packed rows of 2 x 512 tokens, fp32", {}),
+    "eval-fp32": ("student evaluated in float32 (the base row's auto is bfloat16 on this avx512_bf16 CPU)",
                   {"eval": {"dtype": "float32"}}),
     "train-bf16": ("sft in bf16 autocast instead of fp32", {"sft": {"precision": "bf16"}}),
-    "epochs-3": ("3 epochs", {"sft": {"epochs": 3}}),
-    "epochs-5": ("5 epochs", {"sft": {"epochs": 5}}),
-    "lr-5e-5": ("learning rate 5e-5", {"sft": {"learning_rate": 5.0e-5}}),
     "lr-2e-4": ("learning rate 2e-4", {"sft": {"learning_rate": 2.0e-4}}),
+    "epochs-3": ("3 epochs", {"sft": {"epochs": 3}}),
+    "problems-320": ("twice the problems (320 x 2 samples: twice the generation)", {"problems": 320}),
+    "problems-320-n1": ("320 problems x 1 sample (the base row's generation budget)", {"problems": 320, "samples": 1}),
+    "samples-4": ("4 samples per problem, every correct one kept (twice the generation)", {"samples": 4}),
     "padded": ("padded batches of 4 examples instead of packed rows of 2 x 512 tokens",
                {"sft": {"packing": False, "batch_size": 4}}),
-    "keep-1": ("<= 1 correct trace per problem", {"filter": {"max_per_problem": 1}}),
-    "keep-4": ("every correct trace (<= 4 per problem)", {"filter": {"max_per_problem": 4}}),
-    "random": ("<= 2 correct traces per problem chosen at random, not the shortest", {"filter": {"selection": "random"}}),
-    "problems-80": ("half the problems (80 of 160)", {"problems": 80}),
+    "epochs-5": ("5 epochs", {"sft": {"epochs": 5}}),
+    "lr-5e-5": ("learning rate 5e-5", {"sft": {"learning_rate": 5.0e-5}}),
+    "samples-1": ("1 sample per problem (half the generation)", {"samples": 1}),
+    "problems-80": ("half the problems (80 x 2 samples)", {"problems": 80}),
+    "samples-4-keep-2": ("4 samples per problem, the 2 shortest correct kept", {"samples": 4, "filter": {"max_per_problem": 2}}),
+    "random": ("4 samples per problem, 2 correct kept at random (not the shortest)",
+               {"samples": 4, "filter": {"max_per_problem": 2, "selection": "random"}}),
 }
 
 
 def main() -> None:
-    global SAMPLES
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names (default: all)")
     ap.add_argument("--out", default="runs/sweep", help="sweep folder")
     ap.add_argument("--heldout", type=int, default=100, help="held-out synthetic problems evaluated")
-    ap.add_argument("--samples", type=int, default=SAMPLES,
-                    help="answers generated per problem (rows keeping more than this keep all of them)")
     ap.add_argument("--list", action="store_true", help="print the rows and exit")
     ap.add_argument("--table", action="store_true", help="print the table of measured rows and exit")
     args = ap.parse_args()
     out = Path(args.out)
-    SAMPLES = args.samples
     if args.list:
         for name, (what, over) in ROWS.items():
-            print(f"{name:12s} {what}   {json.dumps(over)}")
+            print(f"{name:18s} {what}   {json.dumps(over)}")
         return
     if not args.table:
         names = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -117,38 +120,39 @@ def tag(*parts) -> str:
 
 def generate_once(base: dict, out: Path) -> tuple[Path, float]:
     recipe = copy.deepcopy(base)
+    recipe["generate"]["problems"]["limit"] = PROBLEMS
     recipe["generate"]["sampling"]["n"] = SAMPLES
     recipe["generate"]["output"] = str(out / "traces")
     seconds = timed_once(out / "traces", "generate", write_recipe(recipe, out / "recipes" / "generate.yaml"))
     return out / "traces", seconds
 
 
-def subset(traces: Path, problems: int, out: Path) -> Path:
-    """The traces of the first `problems` problems, as a dataset folder the filter reads."""
+def subset(traces: Path, problems: int, samples: int, out: Path) -> Path:
+    """The traces of the first `problems` problems and their first `samples` samples, as a dataset folder the filter
+    reads: a sample of what generate writes when asked for exactly that (samples are drawn independently)."""
     import datasets
 
-    folder = out / f"traces-{problems}"
+    folder = out / f"traces-{problems}x{samples}"
     if not folder.exists():
         ds = datasets.load_from_disk(str(traces / "dataset"))
-        keep = list(dict.fromkeys(ds["id"]))[:problems]
-        ds.filter(lambda r: r["id"] in set(keep)).save_to_disk(str(folder))
+        keep = set(list(dict.fromkeys(ds["id"]))[:problems])
+        ds.filter(lambda r: r["id"] in keep and r["sample"] < samples).save_to_disk(str(folder))
     return folder
 
 
 def run_row(name: str, base: dict, out: Path, traces: Path, gen_s: float, heldout: int) -> dict:
     what, over = ROWS[name]
     recipe = copy.deepcopy(base)
-    problems = over.get("problems", base["generate"]["problems"]["limit"])
-    f_over = {**over.get("filter", {}), "problems": problems}
+    problems, samples = over.get("problems", BASE_ROW["problems"]), over.get("samples", BASE_ROW["samples"])
+    f_over = {"max_per_problem": samples, **over.get("filter", {})}  # every correct sample unless the row caps it
     s_over = over.get("sft", {})
     e_over = over.get("eval", {})
-    f_dir, s_dir = out / f"f-{tag(f_over)}", out / f"s-{tag(f_over, s_over)}"
-    e_dir = out / f"e-{tag(f_over, s_over, e_over, heldout)}"
+    data_key = (problems, samples, f_over)
+    f_dir, s_dir = out / f"f-{tag(data_key)}", out / f"s-{tag(data_key, s_over)}"
+    e_dir = out / f"e-{tag(data_key, s_over, e_over, heldout)}"
 
     recipe["generate"]["output"] = str(traces)
-    recipe["filter"].update(over.get("filter", {}), output=str(f_dir))
-    if problems != base["generate"]["problems"]["limit"]:
-        recipe["filter"]["input"] = str(subset(traces, problems, out))
+    recipe["filter"].update(f_over, output=str(f_dir), input=str(subset(traces, problems, samples, out)))
     recipe["sft"].update(s_over, output=str(s_dir), data=str(f_dir))
     student = {"name": "student-after", "model": str(s_dir / "model"), "backend": "vllm", "dtype": "auto",
                "max_model_len": 1024, "enforce_eager": True, **e_over}
@@ -161,8 +165,7 @@ def run_row(name: str, base: dict, out: Path, traces: Path, gen_s: float, heldou
     eval_s = timed_once(e_dir, "evaluate", path)
     sft = json.loads((s_dir / "summary.json").read_text())
     res = json.loads((e_dir / "results.json").read_text())["results"]["student-after"]["synth-heldout"]
-    share = problems * min(SAMPLES, recipe["filter"].get("max_per_problem") or SAMPLES) / (
-        base["generate"]["problems"]["limit"] * SAMPLES)
+    share = problems * samples / (PROBLEMS * SAMPLES)  # of the one generation: what generate would have cost
     return {"row": name, "what": what, "overrides": over, "pass@1": res["pass@1"], "ci95_low": res["ci95_low"],
             "ci95_high": res["ci95_high"], "failures": res["failures"], "n_problems": res["n_problems"],
             "kept": sft["examples_trained"], "steps": sft["steps"], "final_loss": sft["final_loss"],

@@ -213,6 +213,13 @@ class KDConfig(TrainConfig):
     lmbda: float = opt(0.5, "on_policy: share of steps trained on the student's own samples (GKD's lambda)")
     max_new_tokens: int = opt(256, "on_policy: tokens the student samples per prompt", min=1)
     sampling_temperature: float = opt(1.0, "on_policy: the student's sampling temperature")
+    cross_tokenizer: Literal["uld", "hybrid"] | None = opt(
+        None, "teacher and student tokenizers differ: align their tokens by bytes into spans and distil with uld "
+              "(sorted probabilities, no vocabulary mapping) or hybrid (GOLD: the KD divergence on the shared "
+              "vocabulary + uld on the rest); offline and online modes; unused when the tokenizers agree")
+    hybrid_matched_weight: float | None = opt(None, "hybrid: weight of the shared-vocabulary term, the rest gets 1 - "
+                                                    "it (null: GOLD's rule, the shared share of the teacher's "
+                                                    "vocabulary)")
 
 
 @dataclass

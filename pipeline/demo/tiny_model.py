@@ -33,8 +33,9 @@ def _corpus(rng: random.Random, lines: int = 2000) -> list[str]:
 
 
 def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 512, layers: int = 2,
-                     hidden: int = 64) -> Path:
-    """Write a tokenizer + random Qwen2 model folder to `out_dir` and return its path."""
+                     hidden: int = 64, split_digits: bool = False) -> Path:
+    """Write a tokenizer + random Qwen2 model folder to `out_dir` and return its path. `split_digits`: one token
+    per digit (as Qwen2.5 and SmolLM2 do); by default BPE merges digits, so two tiny models differ in tokenizer."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -45,6 +46,9 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 51
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())

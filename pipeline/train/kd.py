@@ -9,6 +9,10 @@ The loss over the trained (assistant) tokens is `alpha * T^2 * D(p_teacher^T || 
     on_policy  as online, but on a share `lmbda` of the steps the student first samples the completion itself and
                the teacher scores that (generalised KD, Agarwal et al. 2024; TRL GKDTrainer's sampler).
 
+With `cross_tokenizer` (uld or hybrid) teacher and student may have different tokenizers: both tokenisations of
+the completion are aligned by bytes into spans (xtok.py, xtok_data.py) and the loss compares span distributions
+(xtok_losses.py); offline and online.
+
 TRL has no trainer for stored top-k logprobs, and its GKDTrainer ignores the temperature in its loss, has no CE
 term and refuses teachers whose embedding carries extra padding rows (Qwen2.5 0.5B vs 72B). So one trainer, a
 subclass of SFTTrainer (checkpoints, LoRA, accelerate/DeepSpeed as in sft), computes our loss in all three modes and
@@ -29,6 +33,7 @@ from . import common, kd_data
 from .common import TrainError
 from .kd_losses import distillation_loss
 from .templates import IGNORE, preflight
+from .xtok_losses import cross_tokenizer_loss
 
 logger = get_logger("kd")
 
@@ -43,9 +48,11 @@ class Prepared:
     preflight: object
     data_stats: dict
     vocab_size: int
-    vocab_check: str  # full: the teacher's tokenizer was compared; partial: only the stored ids were range-checked
+    vocab_check: str  # full: the teacher's tokenizer was compared; partial: only the stored ids were range-checked;
+    #                   cross: the tokenizers differ and kd.cross_tokenizer aligns them
     teacher: str | None
     packing: bool
+    pair: object = None  # xtok_data.Pair on the cross-tokenizer path
 
 
 def run(cfg: KDConfig, callbacks: list | None = None) -> dict:
@@ -77,6 +84,8 @@ def run(cfg: KDConfig, callbacks: list | None = None) -> dict:
         **({"tail": cfg.tail} if cfg.mode == "offline" else {}),
         **({"lmbda": cfg.lmbda, "max_new_tokens": cfg.max_new_tokens} if cfg.mode == "on_policy" else {}),
         "packing": p.packing,
+        **({"cross_tokenizer": cfg.cross_tokenizer, "matched_weight": p.pair.matched_weight}
+           if p.pair is not None else {}),
     })
     common.plot_loss(log_path, out / "loss.png", f"kd ({cfg.mode}): {Path(cfg.student).name}")
     common.stage_output(out, "kd").complete(summary)  # last: the output is finished
@@ -102,9 +111,18 @@ def build(cfg: KDConfig, raw=None, *, callbacks: list | None = None, verbose: bo
     raw = load_data(cfg) if raw is None else raw
     # vocabulary first: nothing is encoded or loaded until teacher and student are known to share token ids
     tokenizer = tokenizer or common.load_tokenizer(cfg, "kd")
-    vocab_size, vocab_check, teacher_name = vocab or check_vocabulary(cfg, tokenizer, verbose=verbose)
+    vocab_size, vocab_check, teacher_name, teacher_tok = vocab or check_vocabulary(cfg, tokenizer, verbose=verbose)
     pre = preflight(tokenizer, raw[0]["messages"])
-    if cfg.mode == "offline":
+    pair = None
+    if vocab_check == "cross":
+        from . import xtok_data
+
+        pair = xtok_data.make_pair(tokenizer, teacher_tok, pre.stop_ids[0], raw[0]["messages"], cfg)
+        train, data_stats = xtok_data.encode(raw, pair, cfg)
+        if data_stats["alignment_coverage"] < 0.99 and verbose:
+            logger.warning(f"kd: the two tokenizations agree on only {data_stats['alignment_coverage']:.1%} of the "
+                           f"completion bytes (a tokenizer that normalises text?); the rest is trained by CE only")
+    elif cfg.mode == "offline":
         train, data_stats = kd_data.encode_offline(raw, tokenizer, cfg, vocab_size, strict_ids=vocab_check != "full")
         stopped, total = kd_data.stop_coverage(raw, pre.stop_ids)
         data_stats["completions_ending_with_turn_end"] = stopped
@@ -113,7 +131,8 @@ def build(cfg: KDConfig, raw=None, *, callbacks: list | None = None, verbose: bo
                   f"{pre.turn_end!r} (truncated traces, or another chat template?): the student will not learn to stop")
     else:
         train, data_stats = common.encode_dataset(raw, tokenizer, cfg)
-    packing = cfg.packing and cfg.mode != "on_policy"  # on-policy samples per prompt: padded batches
+    # on-policy samples per prompt and cross-tokenizer spans per example: padded batches
+    packing = cfg.packing and cfg.mode != "on_policy" and pair is None
     if packing:
         train = kd_data.pack(train, cfg.max_length, cfg.seed)
     if verbose:
@@ -121,20 +140,28 @@ def build(cfg: KDConfig, raw=None, *, callbacks: list | None = None, verbose: bo
         logger.info(f"kd ({cfg.mode}): {data_stats['examples_trained']} examples, {data_stats['tokens_per_epoch']} tokens "
               f"per epoch" + (f", top-{data_stats['topk']} teacher logprobs" if cfg.mode == "offline" else "")
               + f"; vocabulary check {vocab_check}" + ("" if packing else "; no packing")
+              + (f"; {cfg.cross_tokenizer} over {data_stats['spans']} spans ({data_stats['split_spans']} split on a "
+                 f"side), alignment covers {data_stats['alignment_coverage']:.2%} of the text, shared-vocabulary "
+                 f"weight {pair.matched_weight:.3f}" if pair is not None else "")
               + (f"; {over} examples over max_length {cfg.max_length} "
                  f"{'dropped' if cfg.long_examples == 'drop' else 'cut'}" if over else ""))
 
     set_seed(cfg.seed)
     model = common.load_student(cfg, "kd")
     kd_data.check_embedding_rows(model, vocab_size, cfg.student, "kd.student")
-    teacher = load_teacher(cfg, vocab_size) if cfg.mode != "offline" else None
-    collator = kd_data.KDCollator(tokenizer.pad_token_id, padding_free=packing,
-                                  topk=data_stats.get("topk", 0), prompts=cfg.mode == "on_policy")
+    teacher = load_teacher(cfg, len(teacher_tok) if pair is not None else vocab_size) if cfg.mode != "offline" else None
+    if pair is not None:
+        from .xtok_data import XtokCollator
+
+        collator = XtokCollator(tokenizer.pad_token_id, teacher_tok.pad_token_id or 0)
+    else:
+        collator = kd_data.KDCollator(tokenizer.pad_token_id, padding_free=packing,
+                                      topk=data_stats.get("topk", 0), prompts=cfg.mode == "on_policy")
     trainer = trainer_class()(model=model, args=training_args(cfg, Path(cfg.output)), train_dataset=train,
                               processing_class=tokenizer, data_collator=collator, peft_config=common.peft_config(cfg),
                               callbacks=callbacks, kd=cfg, teacher=teacher, vocab_size=vocab_size,
-                              stop_ids=pre.stop_ids)
-    return Prepared(trainer, tokenizer, pre, data_stats, vocab_size, vocab_check, teacher_name, packing)
+                              stop_ids=pre.stop_ids, pair=pair)
+    return Prepared(trainer, tokenizer, pre, data_stats, vocab_size, vocab_check, teacher_name, packing, pair)
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -149,22 +176,33 @@ def validate(cfg: KDConfig) -> None:
     if cfg.mode != "offline" and not cfg.teacher:
         raise TrainError(f"kd.mode {cfg.mode} needs a live teacher: set kd.teacher (a Hub id or local folder), or "
                          f"use kd.mode offline with traces generated with --generate.sampling.logprobs K")
+    if cfg.cross_tokenizer and cfg.mode == "on_policy":
+        raise TrainError("kd.cross_tokenizer works with kd.mode offline or online, not on_policy (the student's samples "
+                         "would need aligning at every step); use kd.mode online")
+    if cfg.hybrid_matched_weight is not None and not 0.0 <= cfg.hybrid_matched_weight <= 1.0:
+        raise TrainError(f"kd.hybrid_matched_weight must be in [0, 1], got {cfg.hybrid_matched_weight}")
     if cfg.teacher_dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise TrainError(f"kd.teacher_dtype {cfg.teacher_dtype!r} is not one of auto, float32, bfloat16, float16")
 
 
-def check_vocabulary(cfg: KDConfig, tokenizer, *, verbose: bool = True) -> tuple[int, str, str | None]:
-    """(shared vocabulary size, 'full' or 'partial', the teacher checked against).
+def check_vocabulary(cfg: KDConfig, tokenizer, *, verbose: bool = True) -> tuple[int, str, str | None, object]:
+    """(student vocabulary size, 'full', 'partial' or 'cross', the teacher checked against, the teacher's tokenizer
+    on the cross path else None).
 
     online / on_policy: kd.teacher's tokenizer. offline: kd.teacher if given, else the teacher recorded with the
     traces (filter report -> generate summary) when its tokenizer is on this machine; without one the check is
-    partial: the stored ids must lie inside the student's vocabulary (checked while encoding)."""
+    partial: the stored ids must lie inside the student's vocabulary (checked while encoding). Tokenizers that agree
+    take the exact token-by-token path; tokenizers that differ take the cross-tokenizer path when
+    kd.cross_tokenizer is set, else they stop with the option to set."""
     name = cfg.teacher or (kd_data.traces_teacher(cfg.data) if cfg.mode == "offline" else None)
+    if name is None and cfg.cross_tokenizer:
+        raise TrainError("kd.cross_tokenizer needs the teacher's tokenizer, and no teacher is recorded with the traces; "
+                         "set kd.teacher (a Hub id or local folder)")
     if name is None:
         if verbose:
             logger.warning("kd: vocabulary check partial: no teacher named (kd.teacher) or recorded with the traces; only "
                   "checking that the stored token ids lie inside the student's vocabulary")
-        return len(tokenizer), "partial", None
+        return len(tokenizer), "partial", None, None
     teacher_tok = kd_data.load_teacher_tokenizer(name, trust_remote_code=cfg.trust_remote_code,
                                                  local_only=cfg.teacher is None)
     if teacher_tok is None:
@@ -173,8 +211,18 @@ def check_vocabulary(cfg: KDConfig, tokenizer, *, verbose: bool = True) -> tuple
         if verbose:
             logger.warning(f"kd: vocabulary check partial: the traces' teacher {name} is not on this machine (set kd.teacher "
                   f"to check it); only checking that the stored token ids lie inside the student's vocabulary")
-        return len(tokenizer), "partial", name
-    return kd_data.check_vocab(teacher_tok, tokenizer, name, cfg.student), "full", name
+        if cfg.cross_tokenizer:
+            raise TrainError(f"kd.cross_tokenizer needs the teacher's tokenizer; the traces' teacher {name} is not on "
+                             f"this machine: set kd.teacher to it (a Hub id or local folder)")
+        return len(tokenizer), "partial", name, None
+    if kd_data.same_vocab(teacher_tok, tokenizer):
+        if cfg.cross_tokenizer and verbose:
+            logger.info(f"kd: teacher and student share one vocabulary: exact token-by-token KD (kd.cross_tokenizer "
+                        f"{cfg.cross_tokenizer} is not needed)")
+        return len(tokenizer), "full", name, None
+    if cfg.cross_tokenizer:
+        return len(tokenizer), "cross", name, teacher_tok
+    return kd_data.check_vocab(teacher_tok, tokenizer, name, cfg.student), "full", name, None
 
 
 def teacher_dtype(cfg: KDConfig):
@@ -228,9 +276,14 @@ def _make_trainer_class():
 
         loss_is_scaled_for_ga = True  # compute_loss scales for gradient accumulation itself
 
-        def __init__(self, *args, kd: KDConfig, teacher=None, vocab_size: int, stop_ids: list[int], **kwargs):
+        def __init__(self, *args, kd: KDConfig, teacher=None, vocab_size: int, stop_ids: list[int], pair=None,
+                     **kwargs):
             super().__init__(*args, **kwargs)
-            self.kd, self.vocab_size = kd, vocab_size
+            self.kd, self.vocab_size, self.pair = kd, vocab_size, pair
+            if pair is not None:
+                import torch
+
+                self._vocab_map = torch.tensor(pair.vocab_map, dtype=torch.long, device=self.accelerator.device)
             self.teacher = None
             if teacher is not None:
                 if self.is_deepspeed_enabled:
@@ -272,6 +325,8 @@ def _make_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             import torch
 
+            if self.pair is not None:
+                return self._cross_tokenizer_loss(model, inputs, return_outputs, num_items_in_batch)
             kd = self.kd
             labels = inputs["labels"][:, 1:]  # logits at position i predict the token at i + 1
             feed = {k: v for k, v in inputs.items() if k not in BATCH_ONLY}
@@ -301,6 +356,49 @@ def _make_trainer_class():
             if model.training:
                 gather = self.accelerator.gather_for_metrics
                 for key in ("kd",) if sampled else ("kd", "ce"):
+                    self._metrics["train"][key].append(gather(res[key].detach().reshape(1)).mean().item())
+            return (loss, {"logits": logits, **res}) if return_outputs else loss
+
+        def _cross_tokenizer_loss(self, model, inputs, return_outputs, num_items_in_batch):
+            import torch
+
+            from .xtok_data import ONLINE_TOPK
+
+            kd = self.kd
+            labels = inputs["labels"][:, 1:]  # logits at position i predict the token at i + 1
+            keep = (labels != IGNORE).any(0).nonzero().flatten()
+            feed = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+            logits = _logits(model, feed, keep, self._student_keeps)
+            kept = labels[:, keep]
+            trained = kept != IGNORE
+            group = inputs["xt_group"][:, 1:][:, keep][trained]
+            last = inputs["xt_last"][:, 1:][:, keep][trained]
+            if kd.mode == "offline":
+                t_ids, t_lps, t_chosen = inputs["xt_t_ids"], inputs["xt_t_lps"], inputs["xt_t_chosen"]
+            else:
+                with torch.no_grad():
+                    pos = inputs["xt_t_pos"]
+                    t_keep = pos[:, 1].unique()  # sorted
+                    t_logits = _logits(self.teacher, {"input_ids": inputs["xt_t_input_ids"],
+                                                      "attention_mask": inputs["xt_t_attention_mask"]},
+                                       t_keep, self._teacher_keeps)
+                    rows = t_logits[pos[:, 0], torch.searchsorted(t_keep, pos[:, 1].contiguous())]
+                    log_p = torch.log_softmax(rows[:, :len(self.pair.teacher)].float(), dim=-1)
+                    t_chosen = log_p.gather(-1, inputs["xt_t_token"][:, None]).squeeze(-1)
+                    t_lps, t_ids = log_p.topk(min(ONLINE_TOPK, log_p.shape[-1]), dim=-1)
+            res = cross_tokenizer_loss(
+                logits[trained], kept[trained], group, last, t_ids, t_lps, t_chosen, inputs["xt_t_group"],
+                inputs["xt_t_last"], int(inputs["xt_spans"]), alpha=kd.alpha, temperature=kd.temperature,
+                loss=kd.cross_tokenizer, kind=kd.divergence, beta=kd.beta, vocab_map=self._vocab_map,
+                matched_weight=self.pair.matched_weight, vocab_size=self.vocab_size)
+            loss = res["loss"]
+            if num_items_in_batch is not None:  # as the same-tokenizer path: tokens of this micro-batch / the step's
+                loss = loss * res["tokens"] / num_items_in_batch
+                if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                    loss = loss * self.accelerator.num_processes
+            if model.training:
+                gather = self.accelerator.gather_for_metrics
+                for key in ("kd", "ce"):
                     self._metrics["train"][key].append(gather(res[key].detach().reshape(1)).mean().item())
             return (loss, {"logits": logits, **res}) if return_outputs else loss
 

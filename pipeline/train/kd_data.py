@@ -31,6 +31,10 @@ OFFLINE_FEATURES = datasets.Features({
 
 # ------------------------------------------------------------------------------------------ vocabulary
 
+def same_vocab(teacher_tok, student_tok) -> bool:
+    return teacher_tok.get_vocab() == student_tok.get_vocab()
+
+
 def check_vocab(teacher_tok, student_tok, teacher: str, student: str) -> int:
     """Teacher and student must map every token id to the same token (special tokens included). Returns the shared
     vocabulary size (the tokenizer's length); models may pad their embedding beyond it (Qwen2.5 0.5B vs 72B), and
@@ -41,8 +45,8 @@ def check_vocab(teacher_tok, student_tok, teacher: str, student: str) -> int:
     t_by_id, s_by_id = {i: tok for tok, i in t.items()}, {i: tok for tok, i in s.items()}
     first = min(i for i in set(t_by_id) | set(s_by_id) if t_by_id.get(i) != s_by_id.get(i))
     raise TrainError(f"teacher {teacher} and student {student} have different vocabularies ({len(t)} vs {len(s)} "
-                     f"tokens; id {first} is {t_by_id.get(first)!r} vs {s_by_id.get(first)!r}): logit distillation "
-                     f"compares the two distributions token by token; use distill sft, which works across tokenizers")
+                     f"tokens; id {first} is {t_by_id.get(first)!r} vs {s_by_id.get(first)!r}): set kd.cross_tokenizer "
+                     f"hybrid (or uld) to distil across tokenizers, or use distill sft")
 
 
 def check_embedding_rows(model, vocab_size: int, name: str, role: str) -> None:
