@@ -141,7 +141,7 @@ def print_config(recipe) -> None:
     sections = {f.name: dataclasses.asdict(getattr(recipe, f.name)) for f in dataclasses.fields(recipe)
                 if getattr(recipe, f.name) is not None}
     if not sections:
-        raise ConfigError("the recipe has no stage sections (generate, filter, sft, kd, evaluate, push)")
+        raise ConfigError("the recipe has no stage sections (generate, filter, sft, kd, rl, evaluate, push)")
     print(yaml.safe_dump(sections, sort_keys=False, allow_unicode=True, width=120), end="")
 
 

@@ -40,7 +40,7 @@ def run(recipe: Recipe, call_stage) -> dict:
     """`call_stage(stage, recipe) -> summary dict` runs one stage (the CLI's, with its defaults and errors)."""
     present = [s for s in ORDER if getattr(recipe, s) is not None]
     if not present:
-        raise ConfigError("the recipe has no stage sections (generate, filter, sft, kd, evaluate, push)")
+        raise ConfigError("the recipe has no stage sections (generate, filter, sft, kd, rl, evaluate, push)")
     chain: dict[str, str] = {}
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
@@ -81,6 +81,7 @@ def brief(stage: str, r: dict) -> dict:
         "filter": ["rows_in", "rows_kept", "problems_kept", "teacher_pass_at_1"],
         "sft": ["steps", "first_loss", "final_loss", "train_seconds", "model"],
         "kd": ["steps", "first_loss", "final_loss", "train_seconds", "model", "mode"],
+        "rl": ["steps", "reward_start", "reward_end", "correct_start", "correct_end", "train_seconds", "model"],
         "evaluate": ["models", "benchmarks", "table"],
         "push": ["model_repo", "dry_run", "uploaded"],
     }[stage]
@@ -98,6 +99,8 @@ def summary_table(results: dict[str, dict], timings: dict[str, float]) -> str:
                     f"{b.get('teacher_pass_at_1', '?')}")
         elif stage in ("sft", "kd"):
             what = f"{b.get('steps', '?')} steps, loss {_num(b.get('first_loss'))} -> {_num(b.get('final_loss'))}"
+        elif stage == "rl":
+            what = f"{b.get('steps', '?')} steps, reward {_num(b.get('reward_start'))} -> {_num(b.get('reward_end'))}"
         elif stage == "evaluate":
             what = "see the table below"
         else:

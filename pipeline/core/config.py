@@ -157,18 +157,12 @@ class LoraOptions:
 
 
 @dataclass
-class TrainConfig:
-    """Options shared by the training stages (sft, kd)."""
-    student: str = opt(help="Hub id or local folder of the model to train")
+class OptimConfig:
+    """Options every training stage shares (sft, kd, rl): the model, the optimiser, checkpoints, logging."""
     output: str = opt(help="folder: model/ (the trained student), checkpoints/, train_log.jsonl, loss.png, "
                            "summary.json")
-    data: str | None = opt(None, "training set: a filter output folder, a save_to_disk folder, a JSONL/Parquet file "
-                                 "or a Hub id (default: filter.output)")
+    student: str = opt(help="Hub id or local folder of the model to train")
     chat_template: str | None = opt(None, "null: the student's own; fallback: the project's ChatML; or a .jinja file")
-    max_length: int = opt(4096, "tokens per example (prompt + answer)", min=16)
-    long_examples: Literal["drop", "truncate"] = opt("drop", "examples over max_length: drop them, or cut them (they lose their EOS)")
-    packing: bool = opt(True, "padding-free best-fit packing of several examples per row (TRL bfd; on CPU it saves "
-                              "memory, not time)")
     epochs: float = opt(1.0, "passes over the training set (max_steps > 0 wins)")
     max_steps: int = opt(-1, "optimizer steps; overrides epochs when > 0")
     learning_rate: float = opt(1e-5, "peak learning rate")
@@ -191,6 +185,17 @@ class TrainConfig:
     trust_remote_code: bool = opt(False, "allow model code from the Hub")
     overwrite: bool = opt(False, "retrain an output made with another config or data", operational=True)
     progress: bool = opt(True, "progress bar", operational=True)
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    """Options of the stages that train on a training set (sft, kd)."""
+    data: str | None = opt(None, "training set: a filter output folder, a save_to_disk folder, a JSONL/Parquet file "
+                                 "or a Hub id (default: filter.output)")
+    max_length: int = opt(4096, "tokens per example (prompt + answer)", min=16)
+    long_examples: Literal["drop", "truncate"] = opt("drop", "examples over max_length: drop them, or cut them (they lose their EOS)")
+    packing: bool = opt(True, "padding-free best-fit packing of several examples per row (TRL bfd; on CPU it saves "
+                              "memory, not time)")
 
 
 @dataclass
@@ -220,6 +225,64 @@ class KDConfig(TrainConfig):
     hybrid_matched_weight: float | None = opt(None, "hybrid: weight of the shared-vocabulary term, the rest gets 1 - "
                                                     "it (null: GOLD's rule, the shared share of the teacher's "
                                                     "vocabulary)")
+
+
+@dataclass
+class RLConfig(OptimConfig):
+    """`distill rl`: GRPO (TRL's GRPOTrainer) on problems with gold answers, rewarded by the project's verifier."""
+    output: str = opt(help="folder: model/ (the trained student), checkpoints/, train_log.jsonl, reward.png, "
+                           "selection.json, summary.json")
+    student: str | None = opt(None, "Hub id or local folder of the model to train (default: the recipe's kd output "
+                                    "model, else its sft output model)")
+    problems: ProblemsConfig | None = opt(None, "problems with gold answers, as generate.problems (a section; "
+                                                "default: generate.problems)")
+    prompt: PromptConfig | None = opt(None, "how the user turn is built (default: generate.prompt, so that training "
+                                            "and evaluation prompts match)")
+    rewards: dict[str, float] = opt(factory=lambda: {"correct": 1.0},
+                                    help="reward -> weight: correct (the verifier, 1/0), format (a reasoning block "
+                                         "and exactly one boxed answer, 1/0), length (TRL's soft overlong "
+                                         "punishment, 0 to -1), or a module:function of your own")
+    reward_timeout_s: float = opt(60.0, "a reward function that takes longer for a batch gives 0 to that batch "
+                                        "(counted in the log)", min=0.1, operational=True)
+    length_cache: int | None = opt(None, "length reward: the last this many tokens before max_completion_length "
+                                         "ramp from 0 to -1 (default: a quarter of it)", min=1)
+    num_generations: int = opt(8, "completions per problem (the group GRPO compares)", min=2)
+    max_completion_length: int = opt(512, "completion length limit in tokens", min=1)
+    temperature: float = opt(1.0, "sampling temperature of the completions")
+    top_p: float = opt(1.0, "nucleus sampling mass")
+    beta: float = opt(0.0, "KL penalty towards the starting model (0: none, and no reference model is kept)", min=0)
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = opt(
+        "dapo", "TRL's GRPO loss variants (dapo: token-level normalisation)")
+    epsilon: float = opt(0.2, "clipping range of the policy ratio (lower side; and upper unless epsilon_high)", min=0)
+    epsilon_high: float | None = opt(None, "upper clipping range (DAPO uses 0.28; default: epsilon)")
+    scale_rewards: Literal["group", "batch", "none"] = opt("group", "divide advantages by the reward std of the group, "
+                                                                   "the batch, or not at all (Dr. GRPO)")
+    mask_truncated_completions: bool = opt(False, "leave completions cut at max_completion_length out of the loss")
+    selection_min: float | None = opt(None, "keep problems the student solves in [min, max] of its samples (null: keep "
+                                            "all): GRPO learns nothing from a group that is all right or all wrong")
+    selection_max: float | None = opt(None, "upper end of the pass-rate band")
+    selection_samples: int = opt(8, "samples per problem that estimate the student's pass rate (vLLM if installed)",
+                                 min=1)
+    selection_from: str | None = opt(None, "read the pass rates from a distill generate output of the student "
+                                           "instead of sampling")
+    decontaminate: list[str] = opt(factory=list, help="benchmarks whose problems must not be trained on (as filter)")
+    decontam_ngram: int = opt(8, "shared word n-gram length that flags a problem", min=1)
+    vllm_mode: Literal["server", "colocate"] | None = opt(None, "GPU: generate with vLLM, a `trl vllm-serve` server "
+                                                              "or in the training process (null: transformers' "
+                                                              "generate, the only way on CPU)")
+    vllm_server_base_url: str | None = opt(None, "server mode: the server's URL (default: http://localhost:8000)",
+                                           operational=True)
+    vllm_gpu_memory_utilization: float = opt(0.3, "colocate mode: share of GPU memory vLLM takes", operational=True)
+    log_completions: bool = opt(False, "write the completions and their rewards at every logging step "
+                                       "(OUTPUT/checkpoints/completions/)", operational=True)
+    verify: VerifyConfig = opt(factory=VerifyConfig, help="answer verification of the correct reward (a section)")
+    learning_rate: float = opt(1e-6, "peak learning rate")
+    warmup: float = opt(0.0, "warmup: a fraction of the steps when < 1, else a step count", min=0)
+    batch_size: int = opt(8, "completions per device per micro-step; batch_size x grad_accum x processes must be a "
+                             "multiple of num_generations", min=1)
+    grad_accum: int = opt(1, "micro-batches per optimizer step (one generation round per step)", min=1)
+    logging_steps: int = opt(1, "log rewards, length, KL every this many steps", min=1, operational=True)
+    save_steps: int = opt(20, "checkpoint every this many steps", min=1, operational=True)
 
 
 @dataclass
@@ -275,7 +338,7 @@ class EvaluateConfig:
 class PushConfig:
     """`distill push`: the trained student and the datasets to the Hugging Face Hub, each with a card."""
     model_repo: str | None = opt(None, "Hub repo id for the student (namespace/name); unset: no model push")
-    model: str | None = opt(None, "a sft/kd output folder or its model/ folder (default: kd.output, else sft.output)")
+    model: str | None = opt(None, "a sft/kd/rl output folder or its model/ folder (default: rl.output, else kd.output, else sft.output)")
     traces_repo: str | None = opt(None, "Hub dataset repo for the teacher traces; unset: not pushed")
     traces: str | None = opt(None, "a generate output folder (default: generate.output)")
     dataset_repo: str | None = opt(None, "Hub dataset repo for the filtered training set; unset: not pushed")
@@ -305,6 +368,7 @@ class Recipe:
     evaluate: EvaluateConfig | None = None
     sft: SFTConfig | None = None
     kd: KDConfig | None = None
+    rl: RLConfig | None = None
     push: PushConfig | None = None
 
 

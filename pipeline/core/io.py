@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -75,3 +76,13 @@ def load_dataset_folder_or_hub(source: str, path: Path, key: str, expected: str,
     if isinstance(ds, datasets.DatasetDict):
         raise error(f"{key} {source} holds several splits ({', '.join(ds)}); point {key} at one")
     return ds
+
+
+def weights_id(model: str) -> str | None:
+    """Names, sizes and times of a local model's weight files: a model retrained in place is a new model."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return None  # a Hub id or a served name: its revision identifies it
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    blob = json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -39,6 +39,17 @@ def _train_defaults(section, recipe: Recipe) -> None:
         section.data = recipe.filter.output  # the training set this recipe's filter writes
 
 
+def _rl_defaults(section, recipe: Recipe) -> None:
+    train = recipe.kd or recipe.sft
+    if section.student is None and train is not None:
+        section.student = str(Path(train.output) / "model")  # the distilled student this recipe trains
+    if recipe.generate is not None:  # the problem pool and prompt the student was distilled on
+        if section.problems is None:
+            section.problems = dataclasses.replace(recipe.generate.problems)
+        if section.prompt is None:
+            section.prompt = dataclasses.replace(recipe.generate.prompt)
+
+
 def _evaluate_defaults(section, recipe: Recipe) -> None:
     report = summary_path("filter", recipe.filter.output) if recipe.filter is not None else None
     if section.decontamination_report is None and report is not None and report.exists():
@@ -54,11 +65,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "train.sft", inputs=("filter",), complete="summary.json", defaults=_train_defaults),
     Stage("kd", "logit distillation (Hinton soft targets) from a live teacher or stored top-k logprobs -> trained "
           "model", "train.kd", inputs=("filter",), complete="summary.json", defaults=_train_defaults),
+    Stage("rl", "reinforcement learning (TRL GRPO) of the distilled student, rewarded by the verifier -> trained "
+          "model + reward curve", "train.rl", inputs=("sft", "kd"), complete="summary.json", defaults=_rl_defaults),
     Stage("evaluate", "score models (teacher, students) on math benchmarks side by side -> results table, chart, "
-          "samples", "evaluate.stage", inputs=("sft", "kd"), complete="results.json", defaults=_evaluate_defaults),
+          "samples", "evaluate.stage", inputs=("sft", "kd", "rl"), complete="results.json", defaults=_evaluate_defaults),
     # push fills its own defaults (push.stage.fill_defaults): its cards tell the whole recipe's story
     Stage("push", "publish the student and the datasets to the Hugging Face Hub with cards (--dry-run: stage and "
-          "show only)", "push.stage", inputs=("sft", "kd", "evaluate", "filter", "generate"), wants_recipe=True),
+          "show only)", "push.stage", inputs=("sft", "kd", "rl", "evaluate", "filter", "generate"), wants_recipe=True),
 ]}
 ORDER = list(STAGES)
 

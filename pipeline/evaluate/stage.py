@@ -28,7 +28,7 @@ from ..backends.server import serving_urls
 from ..core.config import BenchmarkConfig, EvalModelConfig, EvaluateConfig, SamplingConfig
 from ..core.data import BENCHMARKS, load_problems, looks_like_path
 from ..core.errors import DistillError
-from ..core.io import atomic_write_text, save_dataset_atomically
+from ..core.io import atomic_write_text, save_dataset_atomically, weights_id
 from ..core.log import get_logger
 from ..verify import VERIFIER_ID, start_default_pool
 from . import failures
@@ -188,16 +188,6 @@ def plan_pair(cfg: EvaluateConfig, out: Path, model: EvalModelConfig, bench: Ben
                 hashlib.sha256(blob.encode()).hexdigest()[:16], n=sampling.n)
     load_state(pair, overwrite=cfg.overwrite)
     return pair
-
-
-def weights_id(model: str) -> str | None:
-    """Names, sizes and times of a local model's weight files: a model retrained in place is a new model."""
-    folder = Path(model).expanduser()
-    if not folder.is_dir():
-        return None  # a Hub id or a served name: its revision identifies it
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
-    blob = json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def preflight(model: EvalModelConfig, sampling: SamplingConfig, index: int) -> None:

@@ -88,7 +88,7 @@ def run(cfg: PushConfig, recipe: Recipe | None = None) -> dict:
 def fill_defaults(cfg: PushConfig, recipe: Recipe) -> bool:
     """Inputs not given come from the recipe's own stages; returns whether `evaluation` was defaulted."""
     if cfg.model is None and cfg.model_repo:
-        train = recipe.kd or recipe.sft
+        train = recipe.rl or recipe.kd or recipe.sft
         if train is not None:
             cfg.model = train.output
     if cfg.traces is None and recipe.generate is not None:
@@ -118,8 +118,8 @@ def gather(cfg: PushConfig, recipe: Recipe, eval_defaulted: bool) -> Facts:
     f = Facts(model_repo=cfg.model_repo, dataset_repo=cfg.dataset_repo, traces_repo=cfg.traces_repo)
     if cfg.model_repo:
         if not cfg.model:
-            raise PushError("push.model is not set (a sft/kd output folder or its model/ folder) and the recipe has "
-                            "no sft: or kd: section to take it from")
+            raise PushError("push.model is not set (a sft/kd/rl output folder or its model/ folder) and the recipe has "
+                            "no sft:, kd: or rl: section to take it from")
         read_model(cfg.model, f, recipe)
     read_traces(cfg.traces, f, recipe, required=bool(cfg.traces_repo))
     read_dataset(cfg.dataset, f, required=bool(cfg.dataset_repo))
@@ -134,7 +134,7 @@ def gather(cfg: PushConfig, recipe: Recipe, eval_defaulted: bool) -> Facts:
 def read_model(path: str, f: Facts, recipe: Recipe) -> None:
     p = Path(path)
     if not p.is_dir():
-        raise PushError(f"push.model {path} does not exist (a sft/kd output folder or its model/ folder)")
+        raise PushError(f"push.model {path} does not exist (a sft/kd/rl output folder or its model/ folder)")
     if (p / "model").is_dir() or (p / "run.json").exists():
         train_dir, model_dir = p, p / "model"
     elif summary_path("sft", p.parent).exists() and p.name == "model":
@@ -145,7 +145,7 @@ def read_model(path: str, f: Facts, recipe: Recipe) -> None:
         if not model_dir.is_dir() or not summary_path("sft", train_dir).exists():
             stage = _read_json(train_dir / "run.json").get("stage", "training") if (train_dir / "run.json").exists() else "training"
             raise PushError(f"push.model {path} is an unfinished {stage} run (no summary.json or model/); "
-                            f"finish it with distill {stage if stage in ('sft', 'kd') else 'sft'} first")
+                            f"finish it with distill {stage if stage in ('sft', 'kd', 'rl') else 'sft'} first")
         f.train_summary = _read_json(summary_path("sft", train_dir))
     f.model_dir, f.train_dir = model_dir, train_dir
     f.method = check_model_folder(model_dir, path)
@@ -153,7 +153,7 @@ def read_model(path: str, f: Facts, recipe: Recipe) -> None:
     if s.get("method"):
         f.method = s["method"] if s["method"] in ("full", "lora-merged", "lora-adapter") else f.method
     stage = s.get("stage")
-    section = {"sft": recipe.sft, "kd": recipe.kd}.get(stage) if stage else None
+    section = {"sft": recipe.sft, "kd": recipe.kd, "rl": recipe.rl}.get(stage) if stage else None
     if section is not None and train_dir is not None and _same(section.output, train_dir):
         f.train_cfg = section  # the recipe describes this very run: its hyper-parameters are the run's
     f.base_model = s.get("student")

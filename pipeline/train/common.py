@@ -1,4 +1,4 @@
-"""What the training stages (sft, kd) share: data, model, tokenised examples, trainer arguments, outputs.
+"""What the training stages (sft, kd, rl) share: data, model, tokenised examples, trainer arguments, outputs.
 
 Output folder of a training stage:
     checkpoints/     trainer checkpoints (resume point)
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import datasets
 
-from ..core.config import TrainConfig, config_hash, without_operational
+from ..core.config import OptimConfig, TrainConfig, config_hash, without_operational
 from ..core.errors import DistillError
 from ..core.io import atomic_write_text, data_fingerprint, load_dataset_folder_or_hub
 from ..core.log import get_logger
@@ -95,7 +95,7 @@ def encode_dataset(ds: datasets.Dataset, tokenizer, cfg: TrainConfig) -> tuple[d
 
 # ---------------------------------------------------------------------------------------------- model
 
-def load_tokenizer(cfg: TrainConfig, stage: str):
+def load_tokenizer(cfg: OptimConfig, stage: str):
     from transformers import AutoTokenizer
 
     try:
@@ -108,7 +108,7 @@ def load_tokenizer(cfg: TrainConfig, stage: str):
     return tok
 
 
-def mixed_precision(cfg: TrainConfig) -> str:
+def mixed_precision(cfg: OptimConfig) -> str:
     import torch
 
     if cfg.precision != "auto":
@@ -116,7 +116,7 @@ def mixed_precision(cfg: TrainConfig) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def load_student(cfg: TrainConfig, stage: str, *, dtype=None):
+def load_student(cfg: OptimConfig, stage: str, *, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -131,7 +131,7 @@ def load_student(cfg: TrainConfig, stage: str, *, dtype=None):
         raise TrainError(f"{stage}.student {cfg.student}: cannot load the model ({str(e).splitlines()[0]})") from None
 
 
-def peft_config(cfg: TrainConfig):
+def peft_config(cfg: OptimConfig):
     if not cfg.lora.enabled:
         return None
     from peft import LoraConfig
@@ -142,16 +142,22 @@ def peft_config(cfg: TrainConfig):
 
 
 def trainer_args(cfg: TrainConfig, out: Path, args_cls=None, **extra):
-    """TRL/transformers training arguments from the recipe (checkpoints under out/checkpoints)."""
-    import torch
+    """TRL's SFT training arguments from the recipe (checkpoints under out/checkpoints)."""
     from trl import SFTConfig as TRLSFTConfig
+
+    return (args_cls or TRLSFTConfig)(max_length=cfg.max_length, packing=cfg.packing, packing_strategy="bfd",
+                                      **optimiser_args(cfg, out), **extra)
+
+
+def optimiser_args(cfg: OptimConfig, out: Path) -> dict:
+    """The transformers TrainingArguments every training stage shares, from the recipe."""
+    import torch
 
     precision = mixed_precision(cfg)
     if "tensorboard" in cfg.report_to:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "runs"))
-    return (args_cls or TRLSFTConfig)(
-        output_dir=str(out / "checkpoints"), max_length=cfg.max_length, packing=cfg.packing, packing_strategy="bfd",
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+    return dict(
+        output_dir=str(out / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup if cfg.warmup < 1 else int(cfg.warmup),
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
@@ -159,21 +165,21 @@ def trainer_args(cfg: TrainConfig, out: Path, args_cls=None, **extra):
         seed=cfg.seed, data_seed=cfg.seed, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         logging_steps=cfg.logging_steps, logging_first_step=True, report_to=cfg.report_to or "none",
         disable_tqdm=not cfg.progress, eval_strategy="no", dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False, **extra)
+        use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False)
 
 
 # -------------------------------------------------------------------------------------------- outputs
 
-def fingerprint(cfg: TrainConfig, data: datasets.Dataset) -> str:
+def fingerprint(cfg: OptimConfig, data: datasets.Dataset) -> str:
     """What decides the trained weights: every training key and the data (not paths or logging knobs)."""
     d = without_operational(cfg)
     for k in ("output", "data"):  # where it reads and writes, not what it makes
-        d.pop(k)
+        d.pop(k, None)
     d["data_fingerprint"] = data_fingerprint(data)
     return config_hash(d)
 
 
-def finished_or_claimed(cfg: TrainConfig, fp: str, stage: str, state) -> dict | None:
+def finished_or_claimed(cfg: OptimConfig, fp: str, stage: str, state) -> dict | None:
     """The finished summary when this exact training is done already (said once), else None: the output is
     then claimed for this run on every rank (see prepare_output)."""
     out = Path(cfg.output)
@@ -191,7 +197,7 @@ def stage_output(out: Path, stage: str) -> StageOutput:
                                                              "train_log.jsonl", "loss.png"))
 
 
-def prepare_output(out: Path, fp: str, cfg: TrainConfig, stage: str, *, main: bool) -> dict | None:
+def prepare_output(out: Path, fp: str, cfg: OptimConfig, stage: str, *, main: bool) -> dict | None:
     """The finished summary when this exact training is done already. A run of the same training resumes from
     its checkpoints; another config's output is refused, or cleared with overwrite."""
     output = stage_output(out, stage)
@@ -240,7 +246,7 @@ def param_checksum(model) -> str:
     return h.hexdigest()[:16]
 
 
-def save_student(trainer, cfg: TrainConfig, tokenizer, pre: Preflight, out: Path) -> Path:
+def save_student(trainer, cfg: OptimConfig, tokenizer, pre: Preflight, out: Path) -> Path:
     """The trained student as a plain folder any loader serves: merged weights (or the adapter alone), tokenizer
     with the trained chat template, a generation config that stops on the turn's end. Renamed into place."""
     from transformers import GenerationConfig
@@ -276,7 +282,7 @@ def save_student(trainer, cfg: TrainConfig, tokenizer, pre: Preflight, out: Path
     return final
 
 
-def train_and_save(trainer, cfg: TrainConfig, stage: str, *, tokenizer, pre: Preflight, out: Path, fp: str,
+def train_and_save(trainer, cfg: OptimConfig, stage: str, *, tokenizer, pre: Preflight, out: Path, fp: str,
                    data_stats: dict, log_path: Path, series: tuple[str, ...] = ("loss",)) -> dict | None:
     """Train (resuming from the last checkpoint), save the student and return the summary fields every training
     stage shares; None on ranks other than the main one."""
@@ -299,13 +305,14 @@ def train_and_save(trainer, cfg: TrainConfig, stage: str, *, tokenizer, pre: Pre
     points = {k: [r[k] for r in rows if k in r] for k in series}
     epochs = trainer.state.epoch or 0
     return {
-        "stage": stage, "fingerprint": fp, "student": cfg.student, "data": cfg.data, "model": str(model_dir),
+        "stage": stage, "fingerprint": fp, "student": cfg.student, "data": getattr(cfg, "data", None), "model": str(model_dir),
         "method": "lora" + ("-merged" if cfg.lora.merge else "-adapter") if cfg.lora.enabled else "full",
         **data_stats, "steps": trainer.state.global_step, "epochs": round(epochs, 3),
         **{f"{edge}_{k}": (v[0] if edge == "first" else v[-1]) if v else None
            for k, v in points.items() for edge in ("first", "final")},
         "train_loss": round(result.training_loss, 4), "train_seconds": seconds,
-        "tokens_per_second": round(data_stats["tokens_per_epoch"] * epochs / max(seconds, 1e-9), 1),
+        **({"tokens_per_second": round(data_stats["tokens_per_epoch"] * epochs / max(seconds, 1e-9), 1)}
+           if "tokens_per_epoch" in data_stats else {}),
         "turn_end": pre.turn_end, "stop_ids": pre.stop_ids, "precision": mixed_precision(cfg),
         "ranks": state.num_processes, "rank_checksums": checksums, "resumed_from": resume,
     }
