@@ -168,3 +168,23 @@ def test_a_bug_shows_its_traceback_and_a_user_error_is_one_line(tmp_path, monkey
     monkeypatch.setattr(filter_stage, "run", bug)
     with pytest.raises(RuntimeError, match="this is a bug"):  # not turned into a one-line "error"
         cli_main(args)
+
+
+def test_a_recipe_extends_another(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "generate:\n  problems: {source: gsm8k, limit: 8}\n  teacher: {model: t}\n  output: g\n"
+        "sft: {student: s, output: o, epochs: 2, learning_rate: 1.0e-4}\n"
+        "evaluate: {models: [a, b], benchmarks: [gsm8k], output: e}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text(
+        "extends: ../base.yaml\nsft: {epochs: 3}\nevaluate: {models: [c]}\ngenerate: null\n")
+    r = load_recipe(tmp_path / "sub" / "child.yaml", ["--sft.seed", "5"])
+    assert (r.sft.epochs, r.sft.learning_rate, r.sft.student, r.sft.seed) == (3.0, 1e-4, "s", 5)  # merged key by key
+    assert [m.model for m in r.evaluate.models] == ["c"] and r.evaluate.output == "e"  # lists replaced
+    assert r.generate is None  # a section set to null is removed
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_recipe(tmp_path / "loop.yaml")
+    (tmp_path / "missing.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml does not exist \\(extended by"):
+        load_recipe(tmp_path / "missing.yaml")

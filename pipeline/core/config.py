@@ -376,20 +376,38 @@ class Recipe:
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe (or none) and apply `--section.key value` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"recipe {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"recipe {p} is not valid YAML: {e}".splitlines()[0]) from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"recipe {p} must be a mapping of sections (generate: ...), got {type(data).__name__}")
+    data: dict[str, Any] = _read_recipe(Path(path), ()) if path is not None else {}
     for key, value in parse_overrides(overrides or []):
         _set_dotted(data, key, value)
     return build(Recipe, data, "")
+
+
+def _read_recipe(p: Path, seen: tuple[Path, ...]) -> dict:
+    """A recipe file's mapping; `extends: OTHER.yaml` (relative to the file) starts from that recipe and merges this
+    one over it: mappings key by key, anything else (lists included) replaced, a section set to null removed."""
+    if not p.is_file():
+        raise ConfigError(f"recipe {p} does not exist" + (f" (extended by {seen[-1]})" if seen else ""))
+    if p.resolve() in seen:
+        raise ConfigError(f"recipe {p} extends itself (through {' -> '.join(map(str, seen))})")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {p} is not valid YAML: {e}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {p} must be a mapping of sections (generate: ...), got {type(data).__name__}")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"recipe {p}: extends must be the path of another recipe, got {base!r}")
+    merged = _merge(_read_recipe(p.parent / base, (*seen, p.resolve())), data)
+    return {k: v for k, v in merged.items() if v is not None}
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in over.items()}}
+    return over
 
 
 class RawValue(str):
