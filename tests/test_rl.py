@@ -66,11 +66,11 @@ def test_length_is_trls_soft_overlong_punishment():
     assert got == [0.0, 0.0, pytest.approx(-0.5), -1.0] and weights == [1.0] and fn.__name__ == "length"
 
 
-def flaky(completions, **kwargs):
-    """Raises on any batch holding 'boom'; 1.0 per completion otherwise."""
+def flaky(completions, answer, **kwargs):
+    """Raises on any batch holding 'boom'; otherwise each completion's gold answer as its reward."""
     if any("boom" in rewards.completion_text(c) for c in completions):
         raise RuntimeError("boom")
-    return [1.0] * len(completions)
+    return [float(a) for a in answer]
 
 
 def slow(completions, **kwargs):
@@ -81,8 +81,9 @@ def slow(completions, **kwargs):
 def test_a_raising_or_hanging_reward_scores_zero_and_is_counted():
     metrics = {}
     guarded = rewards.Guarded("flaky", flaky, timeout_s=5.0)
-    got = call(guarded, ["fine", "boom", "also fine"], log_metric=lambda k, v: metrics.__setitem__(k, v))
-    assert got == [1.0, 0.0, 1.0]  # retried one by one: only the completion that fails loses its reward
+    got = call(guarded, ["fine", "boom", "also fine"], answer=["2", "3", "4"],
+               log_metric=lambda k, v: metrics.__setitem__(k, v))
+    assert got == [2.0, 0.0, 4.0]  # retried one by one, each with its own columns: only the failing one loses
     assert guarded.failed == 1 and metrics == {"rewards/flaky/failed": 1.0}
     hung = rewards.Guarded("slow", slow, timeout_s=0.5)
     start = time.monotonic()
@@ -90,6 +91,24 @@ def test_a_raising_or_hanging_reward_scores_zero_and_is_counted():
     assert time.monotonic() - start < 5 and hung.timeouts == 2
     wrong_size = rewards.Guarded("short", lambda completions, **kw: [1.0], timeout_s=5.0)
     assert call(wrong_size, ["a", "b"]) == [1.0, 1.0]  # a whole-batch answer of the wrong size: asked one by one
+
+
+def test_reward_values_numpy_bools_none_and_non_finite():
+    import numpy as np
+
+    def returns(values):
+        return rewards.Guarded("r", lambda completions, **kw: values, timeout_s=5.0)
+
+    assert call(returns(np.array([0.5, 1.0], dtype=np.float32)), ["a", "b"]) == [0.5, 1.0]
+    assert call(returns([True, np.float64(2.0)]), ["a", "b"]) == [1.0, 2.0]
+    assert call(returns([None, 1]), ["a", "b"]) == [None, 1.0]  # None: left to the other rewards, as TRL allows
+    bad = returns([float("inf"), 1.0])  # TRL would turn it into NaN advantages
+    assert call(bad, ["a", "b"]) == [0.0, 0.0] and bad.failed == 2
+
+    async def later(completions, **kw):
+        return [3.0] * len(completions)
+
+    assert call(rewards.Guarded("async", later, timeout_s=5.0), ["a"]) == [3.0]
 
 
 def test_user_reward_by_module_and_function(tmp_path, monkeypatch):
@@ -208,6 +227,21 @@ def test_selection_keeps_the_pass_rate_band(picker, tmp_path):
     with pytest.raises(rl.RLError, match="no problem left to train on"):
         rl.run(rl_cfg(picker, tmp_path / "none", "--rl.selection_min", "0.6", "--rl.selection_max", "0.9",
                       "--rl.selection_from", str(samples)))
+
+
+@pytest.mark.slow
+def test_selection_by_sampling_the_student_with_vllm(picker, tmp_path):
+    """Without selection_from the pass rates come from samples of the student itself (vLLM on CPU here)."""
+    out = tmp_path / "out"
+    s = rl.run(rl_cfg(picker, out, "--rl.selection_min", "0.01", "--rl.selection_max", "0.99", "--rl.selection_samples",
+                      "8", "--rl.max_steps", "1"))
+    selection = json.loads((out / "selection.json").read_text())
+    rates = selection["pass_rates"]
+    assert selection["source"] == "sampled" and sorted(rates) == sorted(f"p{i}" for i in range(16))
+    assert all(r in {k / 8 for k in range(9)} for r in rates.values())  # 8 samples each
+    assert 0 < sum(rates.values()) / 16 < 0.5  # about one answer in nine is a 7
+    assert selection["kept"] == [i for i in rates if 0.01 <= rates[i] <= 0.99] and s["problems_trained"] == len(
+        selection["kept"]) > 0
 
 
 def test_bad_settings_are_one_line_errors(picker, tmp_path):

@@ -251,7 +251,7 @@ class RLConfig(OptimConfig):
     temperature: float = opt(1.0, "sampling temperature of the completions")
     top_p: float = opt(1.0, "nucleus sampling mass")
     beta: float = opt(0.0, "KL penalty towards the starting model (0: none, and no reference model is kept)", min=0)
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = opt(
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"] = opt(
         "dapo", "TRL's GRPO loss variants (dapo: token-level normalisation)")
     epsilon: float = opt(0.2, "clipping range of the policy ratio (lower side; and upper unless epsilon_high)", min=0)
     epsilon_high: float | None = opt(None, "upper clipping range (DAPO uses 0.28; default: epsilon)")

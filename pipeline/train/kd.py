@@ -117,7 +117,7 @@ def build(cfg: KDConfig, raw=None, *, callbacks: list | None = None, verbose: bo
     if vocab_check == "cross":
         from . import xtok_data
 
-        pair = xtok_data.make_pair(tokenizer, teacher_tok, pre.stop_ids[0], raw[0]["messages"], cfg)
+        pair = xtok_data.make_pair(tokenizer, teacher_tok, pre.stop_ids[0], cfg)
         train, data_stats = xtok_data.encode(raw, pair, cfg)
         if data_stats["alignment_coverage"] < 0.99 and verbose:
             logger.warning(f"kd: the two tokenizations agree on only {data_stats['alignment_coverage']:.1%} of the "

@@ -19,7 +19,11 @@ or runs out of time scores 0. Failures are counted (`rewards/NAME/failed` in the
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import inspect
+import math
+import numbers
 import os
 import sys
 import threading
@@ -41,9 +45,15 @@ class RewardError(DistillError, ValueError):
 
 
 def completion_text(completion: Any) -> str:
-    """The text of one completion as TRL passes it (chat: a list holding the assistant message; else a string)."""
+    """The text of one completion as TRL passes it (chat: a list holding the assistant message, whose reasoning a
+    parser may have moved to `reasoning_content`; else a string)."""
     if isinstance(completion, list):
-        return "".join(m.get("content") or "" for m in completion if isinstance(m, dict))
+        parts = []
+        for m in completion:
+            if isinstance(m, dict):
+                reasoning = m.get("reasoning_content")
+                parts.append((f"<think>\n{reasoning}\n</think>\n\n" if reasoning else "") + (m.get("content") or ""))
+        return "".join(parts)
     return str(completion)
 
 
@@ -98,7 +108,8 @@ def _run_limited(fn: Callable, kwargs: dict, timeout_s: float):
 
     def target():
         try:
-            box["value"] = fn(**kwargs)
+            value = fn(**kwargs)
+            box["value"] = asyncio.run(value) if inspect.isawaitable(value) else value  # async rewards too
         except BaseException as e:  # noqa: BLE001 - any failure of a user's reward is reported, not raised
             box["error"] = e
 
@@ -110,9 +121,24 @@ def _run_limited(fn: Callable, kwargs: dict, timeout_s: float):
     return box.get("value"), box.get("error")
 
 
-def _valid(values, n: int) -> bool:
-    return isinstance(values, (list, tuple)) and len(values) == n and all(
-        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v == v) for v in values)
+def _as_rewards(values, n: int) -> list[float | None] | None:
+    """n finite numbers (None allowed: TRL leaves that completion to the other rewards), else None. Accepts lists,
+    tuples and arrays of Python or NumPy numbers (bools count as 0/1)."""
+    if hasattr(values, "tolist") and not isinstance(values, (list, tuple)):
+        values = values.tolist()  # numpy / torch
+    if not isinstance(values, (list, tuple)) or len(values) != n:
+        return None
+    out = []
+    for v in values:
+        if v is None:
+            out.append(None)
+            continue
+        if hasattr(v, "item"):
+            v = v.item()
+        if not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
+            return None
+        out.append(float(v))
+    return out
 
 
 class Guarded:
@@ -130,8 +156,9 @@ class Guarded:
         call = {"prompts": prompts, "completions": completions, "completion_ids": completion_ids, **kwargs}
         deadline = time.monotonic() + self.timeout_s
         values, error = _run_limited(self.fn, call, self.timeout_s)
-        if error is None and _valid(values, n):
-            out, failed, timeouts = [None if v is None else float(v) for v in values], 0, 0
+        checked = _as_rewards(values, n) if error is None else None
+        if checked is not None:
+            out, failed, timeouts = checked, 0, 0
         elif error == "timeout":
             out, failed, timeouts = [0.0] * n, n, n
         else:  # raised or returned something unusable: one completion at a time, in what is left of the time
@@ -140,13 +167,14 @@ class Guarded:
                 left = deadline - time.monotonic()
                 one = {k: (v[i:i + 1] if isinstance(v, list) and len(v) == n else v) for k, v in call.items()}
                 value, err = _run_limited(self.fn, one, left) if left > 0 else (None, "timeout")
-                if err is None and _valid(value, 1):
-                    out.append(None if value[0] is None else float(value[0]))
+                single = _as_rewards(value, 1) if err is None else None
+                if single is not None:
+                    out.append(single[0])
                 else:
                     out.append(0.0)
                     failed += 1
                     timeouts += err == "timeout"
-                    error = err if err is not None else ValueError(f"returned {value!r}, not one number per "
+                    error = err if err is not None else ValueError(f"returned {value!r}, not one finite number per "
                                                                    f"completion")
         self.failed += failed
         self.timeouts += timeouts

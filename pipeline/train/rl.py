@@ -123,6 +123,9 @@ def validate(cfg: RLConfig, processes: int) -> None:
         raise RLError("rl.vllm_mode needs a GPU (TRL's vLLM generation does not run on CPU); leave it null to "
                       "generate with transformers")
     low, high = cfg.selection_min, cfg.selection_max
+    if (low is not None or high is not None) and not cfg.selection_from and processes > 1:
+        raise RLError("rl: estimating pass rates by sampling runs in one process; with several processes give "
+                      "rl.selection_from (a distill generate output of the student) or leave the band unset")
     for key, value in (("selection_min", low), ("selection_max", high)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise RLError(f"rl.{key} must be in [0, 1], got {value}")

@@ -42,7 +42,7 @@ def _scheme(tokenizer) -> str:
         raise TrainError(f"{getattr(tokenizer, 'name_or_path', 'a tokenizer')}: cross-tokenizer KD needs a fast "
                          f"tokenizer (tokenizer.json)")
     spec = json.loads(backend.to_str())
-    blob = json.dumps({k: spec.get(k) for k in ("pre_tokenizer", "decoder")})
+    blob = json.dumps({k: spec.get(k) for k in ("pre_tokenizer", "decoder", "normalizer")}, ensure_ascii=False)
     if '"ByteLevel"' in blob:
         return "bytelevel"
     if '"Metaspace"' in blob or _METASPACE in blob or '"ByteFallback"' in blob:
@@ -89,23 +89,26 @@ def ends(ids: list[int], table: tuple[bytes, ...]) -> list[int]:
     return out
 
 
-def spans(a_ends: list[int], b_ends: list[int]) -> list[tuple[range, range]]:
+def spans(a_ends: list[int], b_ends: list[int], a_start: int = 0, b_start: int = 0) -> list[tuple[range, range]]:
     """Tokens of side a and side b grouped into spans between common byte boundaries: [(a tokens, b tokens)].
 
-    A span's tokens cover the same bytes on both sides whenever both sides spell the same bytes. Zero-width tokens
-    join the span they end in. Trailing tokens of one side with no common end (the sides spell different text) are
-    left out, so a caller measures coverage by what the spans hold."""
-    common = sorted(set(a_ends) & set(b_ends))
+    Side a's first token starts at byte a_start, side b's at b_start: bytes before the first common boundary at or
+    after both starts belong to one side only and are in no span. A span's tokens cover the same bytes on both sides
+    whenever both sides spell the same bytes. Zero-width tokens join the span they end in. Tokens of one side with no
+    common end after them (the sides spell different text) are left out, so a caller measures coverage by what the
+    spans hold."""
+    a, b = [a_start, *a_ends], [b_start, *b_ends]  # each side's start as a virtual token ending there
+    common = sorted(set(a) & set(b))
     out, ia, ib = [], 0, 0
     for end in common:
         ja, jb = ia, ib
-        while ja < len(a_ends) and a_ends[ja] <= end:
+        while ja < len(a) and a[ja] <= end:
             ja += 1
-        while jb < len(b_ends) and b_ends[jb] <= end:
+        while jb < len(b) and b[jb] <= end:
             jb += 1
-        if ja > ia and jb > ib:
-            out.append((range(ia, ja), range(ib, jb)))
-        ia, ib = ja, jb
+        if ja > ia and jb > ib and ia > 0 and ib > 0:  # a span holding a virtual start is not a common span
+            out.append((range(ia - 1, ja - 1), range(ib - 1, jb - 1)))
+        ia, ib = max(ja, 1), max(jb, 1)
     return out
 
 
@@ -119,10 +122,15 @@ def shared_vocabulary(teacher_tok, student_tok, *, pairs: dict[int, int] | None 
     for i, b in enumerate(s_table):
         if b:
             by_bytes.setdefault((i in s_special, b), i)  # the first id of a duplicated spelling
-    mapping = [by_bytes.get((i in t_special, b), -1) if b else -1 for i, b in enumerate(t_table)]
-    for t, s in (pairs or {}).items():
+    mapping, taken = [-1] * len(t_table), set((pairs or {}).values())
+    for i, b in enumerate(t_table):  # one teacher id per student id, or the student's probability would count twice
+        s_id = by_bytes.get((i in t_special, b), -1) if b else -1
+        if s_id >= 0 and s_id not in taken:
+            mapping[i] = s_id
+            taken.add(s_id)
+    for t, s_id in (pairs or {}).items():
         if t < len(mapping):
-            mapping[t] = s
+            mapping[t] = s_id
     return mapping
 
 
@@ -137,9 +145,10 @@ class Aligned:
 
 
 def align_completion(student_tok, content: str, completion: str, teacher_ids: list[int], teacher_table, *,
-                     student_stop: int | None, teacher_stop: bool) -> Aligned:
+                     student_stop: int | None, teacher_stop: bool, teacher_start: int = 0) -> Aligned:
     """Align the student's tokenisation of `completion` (its chat template's rendering of the assistant turn, which
-    holds `content`) with the teacher's ids of `content` (its last id a stop token when `teacher_stop`).
+    holds `content`) with the teacher's ids of `content` from byte `teacher_start` on (its last id a stop token when
+    `teacher_stop`; the teacher's prompt may already hold the content's first bytes, as R1's `<think>` does).
 
     The student's tokens inside the content are grouped with the teacher's by common byte boundaries; the student's
     first end-of-turn token after the content is paired with the teacher's stop token."""
@@ -151,24 +160,27 @@ def align_completion(student_tok, content: str, completion: str, teacher_ids: li
                          "rendered turn), so its tokens cannot be matched with the teacher's; set kd.chat_template: "
                          "fallback")
     start = len(completion[:at].encode("utf-8"))
-    stream = b"".join(s_table[i] for i in s_ids)
-    full = completion.encode("utf-8")
-    lead = len(stream) - len(full)  # SentencePiece may spell a leading space the text does not have
-    if lead < 0 or stream[lead:] != full or stream[:lead].strip(b" "):
-        lead = None
     content_len = len(content.encode("utf-8"))
+    stream = b"".join(s_table[i] for i in s_ids)
+    head = completion.encode("utf-8")[:start + content_len]
+    # SentencePiece may spell a space the text does not have before its first token (and legacy normalisers after
+    # special tokens, which only matters past the content): the text up to the content's end must match
+    lead = next((n for n in (0, 1) if stream[n:n + len(head)] == head and not stream[:n].strip(b" ")), None)
     t_content = teacher_ids[:-1] if teacher_stop else teacher_ids
-    t_ends = ends(t_content, teacher_table)
-    s_pos, s_ends = [], []
+    t_ends = [teacher_start + e for e in ends(t_content, teacher_table)]
+    s_pos, s_ends, s_first = [], [], None
     if lead is not None:
         pos = -lead
         for p, i in enumerate(s_ids):
             b0, pos = max(pos, 0), pos + len(s_table[i])  # the phantom leading space belongs to the first token
-            if b0 >= start and start < pos <= start + content_len:
+            if start < pos <= start + content_len:
+                if b0 < start:  # a token straddling the content's start: its bytes are not all content
+                    continue
+                s_first = b0 - start if s_first is None else s_first
                 s_pos.append(p)
                 s_ends.append(pos - start)
-    groups = [([s_pos[j] for j in a], list(b)) for a, b in spans(s_ends, t_ends)]
-    covered = sum(t_ends[b[-1]] - (t_ends[b[0] - 1] if b[0] else 0) for _, b in groups)
+    groups = [([s_pos[j] for j in a], list(b)) for a, b in spans(s_ends, t_ends, s_first or 0, teacher_start)]
+    covered = sum(t_ends[b[-1]] - (t_ends[b[0] - 1] if b[0] else teacher_start) for _, b in groups)
     if teacher_stop and student_stop is not None:
         after = [p for p, i in enumerate(s_ids) if i == student_stop and (not s_pos or p > s_pos[-1])]
         if after:

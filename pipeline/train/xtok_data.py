@@ -19,7 +19,7 @@ import datasets
 
 from ..core.config import KDConfig
 from .common import TrainError
-from .templates import IGNORE, preflight, render
+from .templates import IGNORE, TemplateError, preflight, render
 from .xtok import align_completion, shared_vocabulary, token_bytes
 
 ONLINE_TOPK = 128  # a live teacher's distribution is kept as its top-128 plus the rest as one bucket
@@ -36,20 +36,25 @@ class Pair:
     matched_weight: float    # hybrid: weight of the shared-vocabulary term
 
 
-def teacher_turn_end(teacher_tok, messages: list[dict]) -> int:
-    """The token that closes the teacher's assistant turn (its chat template's), else its EOS."""
+def teacher_turn_end(teacher_tok) -> int:
+    """The token that closes the teacher's assistant turn (its chat template's, read off a plain exchange: templates
+    that strip past reasoning would refuse a real one), else its EOS."""
     if teacher_tok.chat_template:
         try:
-            return preflight(teacher_tok, messages).stop_ids[0]
-        except TrainError:
+            return preflight(teacher_tok, [{"role": "user", "content": "1 + 1?"},
+                                           {"role": "assistant", "content": "2"}]).stop_ids[0]
+        except (TrainError, TemplateError):
             pass
     if teacher_tok.eos_token_id is None:
         raise TrainError("the teacher's tokenizer has neither a chat template that ends a turn nor an EOS token")
     return teacher_tok.eos_token_id
 
 
-def make_pair(student_tok, teacher_tok, student_stop: int, messages: list[dict], cfg: KDConfig) -> Pair:
-    t_stop = teacher_turn_end(teacher_tok, messages)
+def make_pair(student_tok, teacher_tok, student_stop: int, cfg: KDConfig) -> Pair:
+    if cfg.mode != "offline" and not teacher_tok.chat_template:
+        raise TrainError("kd.teacher has no chat template: online cross-tokenizer KD renders the teacher's own prompt; "
+                         "use kd.mode offline (traces generated with top-k logprobs)")
+    t_stop = teacher_turn_end(teacher_tok)
     mapping = shared_vocabulary(teacher_tok, student_tok, pairs={t_stop: student_stop})
     real = mapping[:len(teacher_tok)]
     weight = cfg.hybrid_matched_weight
@@ -72,33 +77,43 @@ def encode(ds: datasets.Dataset, pair: Pair, cfg: KDConfig) -> tuple[datasets.Da
     """Cross-tokenizer examples (offline from the stored top-k, or online) and alignment statistics."""
     offline = cfg.mode == "offline"
     t_table = token_bytes(pair.teacher)
-    t_special = {i for i, t in pair.teacher.added_tokens_decoder.items() if t.special}
+    t_stops = {pair.teacher_stop, pair.teacher.eos_token_id} - {None}  # what ends a teacher's turn (not any special)
     prompts: dict[str, tuple[list[int], list[int]]] = {}
 
     def enc(row):
         msgs = row["messages"]
+        key = repr(msgs[:-1])
+        if key not in prompts:
+            t_text = "" if offline else pair.teacher.apply_chat_template(msgs[:-1], tokenize=False,
+                                                                         add_generation_prompt=True)
+            t_prompt = pair.teacher(t_text, add_special_tokens=False)["input_ids"] if t_text else []
+            prompts[key] = (t_text, t_prompt)
+        t_text, t_prompt = prompts[key]
+        t_start, bad_utf8 = 0, False
         if offline:
             c_ids = list(row["completion_token_ids"])
-            stop = bool(c_ids) and c_ids[-1] in t_special
-            content = b"".join(t_table[i] for i in (c_ids[:-1] if stop else c_ids)).decode("utf-8", errors="replace")
+            stop = bool(c_ids) and c_ids[-1] in t_stops
+            raw = b"".join(t_table[i] for i in (c_ids[:-1] if stop else c_ids))
+            try:
+                content = raw.decode("utf-8")
+            except UnicodeDecodeError:  # a stray byte token: no text both sides can spell; trained by CE only
+                content, bad_utf8 = raw.decode("utf-8", errors="replace"), True
             t_ids = c_ids
         else:
             content = msgs[-1]["content"]
-            t_ids = pair.teacher(content, add_special_tokens=False)["input_ids"] + [pair.teacher_stop]
+            # a teacher template whose generation prompt already opens the answer (R1's "<think>\n") reads on
+            # from there; the student's bytes of that opening are trained by CE only
+            lead = next((k for k in range(min(len(content), 64), 0, -1) if t_text.endswith(content[:k])), 0)
+            t_start = len(content[:lead].encode("utf-8"))
+            t_ids = pair.teacher(content[lead:], add_special_tokens=False)["input_ids"] + [pair.teacher_stop]
             stop = True
         student_msgs = [*msgs[:-1], {"role": "assistant", "content": content}]
-        key = repr(msgs[:-1])
-        if key not in prompts:
-            prompt, _ = render(pair.student, student_msgs)
-            s_prompt = pair.student(prompt, add_special_tokens=False)["input_ids"]
-            t_prompt = [] if offline else pair.teacher(
-                pair.teacher.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True),
-                add_special_tokens=False)["input_ids"]
-            prompts[key] = (s_prompt, t_prompt)
-        s_prompt, t_prompt = prompts[key]
-        _, completion = render(pair.student, student_msgs)
+        prompt, completion = render(pair.student, student_msgs)
+        s_prompt = pair.student(prompt, add_special_tokens=False)["input_ids"]
         a = align_completion(pair.student, content, completion, t_ids, t_table, student_stop=pair.student_stop,
-                             teacher_stop=stop)
+                             teacher_stop=stop, teacher_start=t_start)
+        if bad_utf8:
+            a.groups, a.covered_bytes = [], 0
         n = len(s_prompt)
         ids = s_prompt + a.student_ids
         groups = [(s, t) for s, t in a.groups if n + s[-1] < cfg.max_length] \
@@ -115,7 +130,8 @@ def encode(ds: datasets.Dataset, pair: Pair, cfg: KDConfig) -> tuple[datasets.Da
         out = {"input_ids": ids, "labels": [IGNORE] * n + a.student_ids, "xt_group": group, "xt_last": last,
                "xt_t_group": t_group, "xt_t_last": t_last, "length": len(ids), "spans": len(groups),
                "split_spans": sum(len(s) > 1 or len(t) > 1 for s, t in groups),
-               "covered_bytes": a.covered_bytes, "content_bytes": a.content_bytes, "outside_topk": 0}
+               "covered_bytes": a.covered_bytes, "content_bytes": a.content_bytes, "outside_topk": 0,
+               "bad_utf8": int(bad_utf8)}
         if offline:
             top_i, top_l = row["topk_ids"], row["topk_logprobs"]
             if top_i is None or len(top_i) != len(t_ids):
@@ -150,10 +166,11 @@ def encode(ds: datasets.Dataset, pair: Pair, cfg: KDConfig) -> tuple[datasets.Da
              "loss_tokens_per_epoch": sum(sum(1 for t in lab if t != IGNORE) for lab in encoded["labels"]),
              "longest_example": max(lengths), "spans": sum(encoded["spans"]), "split_spans": sum(encoded["split_spans"]),
              "alignment_coverage": round(covered / total, 6) if total else 1.0,
-             "teacher_tokens_outside_topk": sum(encoded["outside_topk"])}
+             "teacher_tokens_outside_topk": sum(encoded["outside_topk"]),
+             "completions_not_utf8": sum(encoded["bad_utf8"])}
     if offline:
         stats["topk"] = max((len(r) for rows in encoded["xt_t_ids"][:50] for r in rows), default=0)
-    drop = ["length", "spans", "split_spans", "covered_bytes", "content_bytes", "outside_topk"]
+    drop = ["length", "spans", "split_spans", "covered_bytes", "content_bytes", "outside_topk", "bad_utf8"]
     return encoded.remove_columns(drop), stats
 
 

@@ -84,9 +84,11 @@ def span_divergence(log_p_s: Tensor, z_last: Tensor, pre_s: Tensor, ids: Tensor,
     mapped = torch.where(valid & (ids < n_map), vocab_map[ids.clamp(0, n_map - 1)], torch.full_like(ids, -1))
     matched = mapped >= 0
     # shared vocabulary: the span probabilities of the matched top-k ids and one bucket for all else (other tokens,
-    # other prefixes), on both sides; tempered like the same-tokenizer `tail: bucket`
-    log_t = _with_tail(lps.masked_fill(~matched, -math.inf) + pre_t[:, None])
-    log_s = _with_tail(log_p_s.gather(-1, mapped.clamp_min(0)).masked_fill(~matched, -math.inf) + pre_s[:, None])
+    # other prefixes), on both sides; tempered like the same-tokenizer `tail: bucket`. Unmatched slots get the most
+    # negative finite log-prob, not -inf: a row with no match at all would give logsumexp a NaN gradient.
+    floor = torch.finfo(log_p_s.dtype).min
+    log_t = _with_tail(torch.where(matched, lps + pre_t[:, None], floor))
+    log_s = _with_tail(torch.where(matched, log_p_s.gather(-1, mapped.clamp_min(0)) + pre_s[:, None], floor))
     if temperature != 1:
         log_t, log_s = log_t / temperature, log_s / temperature
     shared = _divergence(F.log_softmax(log_t, dim=-1), F.log_softmax(log_s, dim=-1), kind, beta)
