@@ -429,3 +429,58 @@ def test_uld_alone_lowers_the_held_out_uld_distance(pair, tmp_path):
     kd.run(xtok_config(pair, tmp_path / "uld", alpha=1.0, max_steps=60, cross_tokenizer="uld"))
     after = span_divergence_on(str(tmp_path / "uld" / "model"), pair["held8"], pair, tmp_path / "a", "uld")
     assert after < 0.5 * before, (before, after)
+
+
+# ---------------------------------------------------------------------------------------- the real demo pair
+
+DEMO_PAIR = Path(__file__).parent / "data" / "demo_pair"
+
+
+@pytest.fixture(scope="module")
+def demo_tokenizers(tmp_path_factory):
+    """The CPU demo's teacher and student tokenizers (tests/data/demo_pair: gzipped, as prepare-models writes them)."""
+    import gzip
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("demo_pair")
+    toks = {}
+    for name in ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"):
+        (root / name).mkdir()
+        for f in ("tokenizer_config.json", "chat_template.jinja"):
+            shutil.copy(DEMO_PAIR / name / f, root / name / f)
+        with gzip.open(DEMO_PAIR / name / "tokenizer.json.gz", "rb") as fi, open(root / name / "tokenizer.json", "wb") as fo:
+            shutil.copyfileobj(fi, fo)
+        toks[name] = AutoTokenizer.from_pretrained(root / name)
+    return toks["qwen2.5-coder-0.5b-instruct"], toks["smollm2-135m-instruct"]
+
+
+def test_the_demo_pairs_alignment_covers_the_demos_kept_completions(demo_tokenizers):
+    """Qwen2.5 -> SmolLM2 on 120 completions the demo's filter kept: the spans cover at least 99% of the text (both
+    tokenizers spell it byte for byte), and each span holds the same bytes on both sides."""
+    import gzip
+
+    from pipeline.train.templates import preflight, render
+    from pipeline.train.xtok_data import teacher_turn_end
+
+    teacher, student = demo_tokenizers
+    t_tab, s_tab = xtok.token_bytes(teacher), xtok.token_bytes(student)
+    t_stop = teacher_turn_end(teacher)
+    rows = [json.loads(line) for line in gzip.open(DEMO_PAIR / "kept_completions.jsonl.gz", "rt")]
+    s_stop = preflight(student, rows[0]["messages"]).stop_ids[0]
+    covered = total = split = ends = 0
+    for row in rows:
+        ids = row["completion_token_ids"]
+        stop = ids[-1] == t_stop
+        content = b"".join(t_tab[i] for i in (ids[:-1] if stop else ids)).decode("utf-8")
+        _, completion = render(student, [*row["messages"][:-1], {"role": "assistant", "content": content}])
+        a = xtok.align_completion(student, content, completion, ids, t_tab, student_stop=s_stop, teacher_stop=stop)
+        for s, t in a.groups[:-1] if stop else a.groups:
+            assert b"".join(s_tab[a.student_ids[p]] for p in s) == b"".join(t_tab[ids[j]] for j in t)
+        covered, total = covered + a.covered_bytes, total + a.content_bytes
+        split += sum(len(s) > 1 or len(t) > 1 for s, t in a.groups)
+        ends += stop and a.groups[-1] == ([a.student_ids.index(s_stop)], [len(ids) - 1])
+    print(f"demo pair: {covered}/{total} bytes in spans, {split} spans split on a side")
+    assert len(rows) == 120 and covered / total >= 0.99, covered / total
+    assert split > 0 and ends == sum(r["completion_token_ids"][-1] == t_stop for r in rows) > 100
