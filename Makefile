@@ -11,7 +11,7 @@ LOCK ?= requirements/cpu.lock
 FIND_LINKS ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null || echo /opt/wheels)
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo demo-kd clean-venv
+.PHONY: install test test-fast demo demo-kd demo-rl clean-venv
 
 install: $(VENV)/.installed
 
@@ -41,10 +41,16 @@ demo: install
 	$(VENV)/bin/distill prepare-models qwen2.5-coder-0.5b-instruct smollm2-135m-instruct
 	$(VENV)/bin/distill run recipes/demo-cpu.yaml
 
-# Logit KD on CPU: the teacher distils into its own 12-layer copy (same tokenizer).
+# Logit KD across tokenizers on CPU: the demo's teacher distils into the demo's student (cross-tokenizer offline KD),
+# beside the SFT student on the same traces; reuses `make demo`'s outputs where they are current.
 demo-kd: install
-	$(VENV)/bin/distill prepare-models qwen2.5-coder-0.5b-instruct qwen2.5-coder-0.5b-instruct-12l
+	$(VENV)/bin/distill prepare-models qwen2.5-coder-0.5b-instruct smollm2-135m-instruct
 	$(VENV)/bin/distill run recipes/demo-kd-cpu.yaml
+
+# GRPO on the SFT demo's student, rewarded by the verifier; reuses `make demo`'s outputs where they are current.
+demo-rl: install
+	$(VENV)/bin/distill prepare-models qwen2.5-coder-0.5b-instruct smollm2-135m-instruct
+	$(VENV)/bin/distill run recipes/demo-rl-cpu.yaml
 
 clean-venv:
 	rm -rf $(VENV)
