@@ -98,7 +98,10 @@ def _template_main() -> None:
         from .answers import math_verify
 
         math_verify()
-    ctrl.send(b"ready")
+    try:
+        ctrl.send(b"ready")
+    except OSError:  # the pool's process finished (or closed the pool) while this one warmed up: nothing to do
+        return
     me = os.getpid()
     while True:
         try:
