@@ -239,6 +239,29 @@ def test_kd_after_sft_card_tells_both_steps(run_dir, tmp_path, token_env, no_net
     assert "holds no results for" in capsys.readouterr().out
 
 
+def test_rl_after_sft_is_the_default_model_and_its_card_tells_both_steps(run_dir, tmp_path, token_env, no_network,
+                                                                         capsys):
+    rl = tmp_path / "rl"
+    shutil.copytree(run_dir / "sft" / "model", rl / "model")
+    (rl / "model" / "training_args.bin").unlink()
+    (rl / "summary.json").write_text(json.dumps({
+        "stage": "rl", "student": str(run_dir / "sft" / "model"), "method": "full", "steps": 12,
+        "rewards": {"correct": 1.0, "format": 0.1}, "problems_trained": 40, "reward_start": 0.31, "reward_end": 0.52,
+        "correct_start": 0.3, "correct_end": 0.5, "train_seconds": 900.0}))
+    recipe = load_recipe(run_dir / "recipe.yaml", [
+        "--rl.output", str(rl), "--rl.rewards", "{correct: 1.0, format: 0.1}", "--rl.num_generations", "8",
+        "--push.dataset_repo", "null", "--push.traces_repo", "null", "--push.dry_run",
+        "--push.dry_run_dir", str(tmp_path / "p")])
+    result = hub.run(recipe.push, recipe)  # push.model unset: the rl output, the last training of the recipe
+    assert [u["kind"] for u in result["uploads"]] == ["model"]
+    text = (tmp_path / "p" / "model" / "README.md").read_text()
+    meta = _front_matter(text)
+    assert meta["base_model"] == BASE and "grpo" in meta["tags"]
+    assert "SFT on the teacher's traces, then reinforcement learning with GRPO (TRL)" in text
+    assert "correct x 1.0, format x 0.1" in text and "completions per problem | 8" in text
+    assert "The RL run started from an SFT run" in text and "0.3 -> 0.5" in text
+
+
 def test_lora_adapter_is_pushed_alone_with_a_hub_base(run_dir, tmp_path, token_env, no_network):
     out = tmp_path / "lora"
     shutil.copytree(run_dir / "sft" / "model", out / "model")

@@ -135,6 +135,11 @@ def method_text(f: Facts) -> str:
         return f"{before}{kd}, {lora}"
     if stage == "sft":
         return f"supervised fine-tuning on the teacher's verified traces (loss on the answer), {lora}"
+    if stage == "rl":
+        rewards = ", ".join(f"{k} x {v}" for k, v in (s.get("rewards") or {}).items())
+        before = "SFT on the teacher's traces, then " if f.sft_summary else ""
+        return (f"{before}reinforcement learning with GRPO (TRL) on problems with gold answers, rewarded by "
+                f"{rewards or 'the verifier'}, {lora}")
     return lora or "unknown"
 
 
@@ -150,13 +155,20 @@ def hyper_parameters(cfg: Any, summary: dict | None) -> list[tuple[str, Any]]:
             ("weight decay", cfg.weight_decay), ("max grad norm", cfg.max_grad_norm),
             ("batch", f"{cfg.batch_size} per device x {cfg.grad_accum} accumulation x {ranks} rank(s) = "
                       f"{cfg.batch_size * cfg.grad_accum * ranks} rows per step"),
-            ("max length", f"{cfg.max_length} tokens ({'longer examples dropped' if cfg.long_examples == 'drop' else 'longer examples cut'})"),
-            ("packing", "padding-free best-fit packing" if s.get("packing", cfg.packing) else "off"),
             ("precision", s.get("precision", cfg.precision)), ("seed", cfg.seed)]
+    if hasattr(cfg, "max_length"):  # sft, kd: a training set of examples
+        rows[-2:-2] = [("max length", f"{cfg.max_length} tokens ({'longer examples dropped' if cfg.long_examples == 'drop' else 'longer examples cut'})"),
+                       ("packing", "padding-free best-fit packing" if s.get("packing", cfg.packing) else "off")]
+    if hasattr(cfg, "num_generations"):  # rl
+        rows += [("rewards", ", ".join(f"{k} x {v}" for k, v in cfg.rewards.items())),
+                 ("completions per problem", cfg.num_generations),
+                 ("max completion length", cfg.max_completion_length), ("sampling temperature", cfg.temperature),
+                 ("GRPO loss", cfg.loss_type), ("KL coefficient (beta)", cfg.beta),
+                 ("clip range", f"{cfg.epsilon}" + (f" / {cfg.epsilon_high}" if cfg.epsilon_high else ""))]
     if cfg.lora.enabled:
         rows.append(("LoRA", f"r {cfg.lora.r}, alpha {cfg.lora.alpha}, dropout {cfg.lora.dropout}, "
                              f"targets {', '.join(cfg.lora.target_modules)}, {'merged' if cfg.lora.merge else 'adapter only'}"))
-    if s.get("stage") == "kd" or hasattr(cfg, "alpha"):
+    if s.get("stage") == "kd" or (hasattr(cfg, "alpha") and hasattr(cfg, "divergence")):
         rows += [("KD mode", getattr(cfg, "mode", None)), ("divergence", getattr(cfg, "divergence", None)),
                  ("KD temperature", getattr(cfg, "temperature", None)), ("alpha (KD weight)", getattr(cfg, "alpha", None))]
         if getattr(cfg, "divergence", None) == "jsd":
@@ -235,7 +247,8 @@ def model_card(f: Facts, *, license: str | None = None) -> str:
     evals = eval_results(f.eval_results, student) if f.eval_results and student else []
     train_data = f.dataset_repo or ((f.train_summary or {}).get("data") if is_hub_id((f.train_summary or {}).get("data")) else None)
     stage = (f.train_summary or {}).get("stage")
-    tags = [PROJECT_TAG, "distillation", "reasoning", "math", "sft" if stage == "sft" else "knowledge-distillation"]
+    tags = [PROJECT_TAG, "distillation", "reasoning", "math",
+            {"sft": "sft", "rl": "grpo"}.get(stage, "knowledge-distillation")]
     if adapter or f.method == "lora-merged":
         tags.append("lora")
     data = ModelCardData(
@@ -257,6 +270,13 @@ def model_card(f: Facts, *, license: str | None = None) -> str:
         if stage == "kd":
             run += [("KD term (first -> last)", f"{_fmt(s.get('first_kd'))} -> {_fmt(s.get('final_kd'))}"),
                     ("CE term (first -> last)", f"{_fmt(s.get('first_ce'))} -> {_fmt(s.get('final_ce'))}")]
+        if stage == "rl":
+            run = [r for r in run if r[0] not in ("examples trained", "tokens per epoch", "loss (first -> last logged)")]
+            run += [("problems trained", s.get("problems_trained")),
+                    ("reward (first -> last quarter of the steps)",
+                     f"{_fmt(s.get('reward_start'))} -> {_fmt(s.get('reward_end'))}"),
+                    ("share correct (first -> last quarter)",
+                     f"{_fmt(s.get('correct_start'))} -> {_fmt(s.get('correct_end'))}")]
     sft = f.sft_summary
     name = repo.split("/")[-1]
     if f.eval_results and student:
@@ -268,10 +288,10 @@ def model_card(f: Facts, *, license: str | None = None) -> str:
     else:
         eval_intro, table = "", []
     return _render(ModelCard, data, "model_card.md", name=name, teacher=hub_link(f.teacher), base=hub_link(f.base_model),
-                   method=method_text(f), steps="sft -> kd" if sft else stage or "train", adapter=adapter,
+                   method=method_text(f), steps=f"sft -> {stage}" if sft else stage or "train", adapter=adapter,
                    made_table=_lines(_table(rows, ("", ""))),
                    hyper_table=_lines(_table(hyper_parameters(f.train_cfg, s), ("setting", "value"))),
-                   sft_note=(f"The KD run started from an SFT run of {hub_link(sft.get('student'))} ({sft.get('method')}, "
+                   sft_note=(f"The {stage.upper()} run started from an SFT run of {hub_link(sft.get('student'))} ({sft.get('method')}, "
                              f"{sft.get('steps')} steps, loss {_fmt(sft.get('first_loss'))} -> "
                              f"{_fmt(sft.get('final_loss'))}).") if sft else None,
                    sft_table=_lines(_table(hyper_parameters(f.sft_cfg, sft), ("setting", "value")))

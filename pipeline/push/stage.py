@@ -159,6 +159,7 @@ def read_model(path: str, f: Facts, recipe: Recipe) -> None:
     f.base_model = s.get("student")
     if stage == "kd":
         f.teacher = s.get("teacher") or (f.train_cfg.teacher if f.train_cfg is not None else None)
+    if stage in ("kd", "rl"):
         sft_dir = Path(s.get("student") or "")
         sft_dir = sft_dir.parent if sft_dir.name == "model" else sft_dir
         if s.get("student") and summary_path("sft", sft_dir).exists():  # kd on top of an sft output: tell both steps
