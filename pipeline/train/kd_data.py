@@ -95,8 +95,8 @@ def require_kd_columns(ds: datasets.Dataset, source: str) -> None:
     missing = [c for c in KD_COLUMNS if c not in ds.column_names]
     if missing:
         raise TrainError(f"kd.data {source} has no {', '.join(missing)} column(s): offline KD needs the teacher's "
-                         f"token ids and top-k logprobs; generate with --generate.sampling.logprobs K (and "
-                         f"--generate.teacher.dtype float32 on CPU), or use --kd.mode online with a kd.teacher")
+                         f"token ids and top-k logprobs; generate with --generate.sampling.logprobs K, or use --kd.mode "
+                         f"online with a kd.teacher")
 
 
 def encode_offline(ds: datasets.Dataset, tokenizer, cfg: TrainConfig, vocab_size: int, *,
