@@ -37,26 +37,31 @@ PROBLEMS, SAMPLES = 320, 4  # generated once (the largest setting any row uses);
 # "eval": {...}}; a row reads the traces of the first N problems and their first n samples, as if generate had
 # been asked for exactly those. The base row is the demo recipe as it stood before the sweep.
 BASE_ROW = {"problems": 160, "samples": 2}
+FP32 = {"precision": "fp32"}  # the base row's SFT as it was; from train-bf16 on, rows train in bf16 autocast
+BF16 = {"precision": "bf16"}
 ROWS: dict[str, tuple[str, dict]] = {
     "base": ("the demo recipe before the sweep: 160 problems x 2 samples, every correct one kept, 2 epochs, "
-             "lr 1e-4, packed rows of 2 x 512 tokens, fp32", {}),
-    "eval-fp32": ("student evaluated in float32 (the base row's auto is bfloat16 on this avx512_bf16 CPU)",
-                  {"eval": {"dtype": "float32"}}),
-    "train-bf16": ("sft in bf16 autocast instead of fp32", {"sft": {"precision": "bf16"}}),
-    "lr-2e-4": ("learning rate 2e-4", {"sft": {"learning_rate": 2.0e-4}}),
-    "epochs-3": ("3 epochs", {"sft": {"epochs": 3}}),
-    "problems-320": ("twice the problems (320 x 2 samples: twice the generation)", {"problems": 320}),
-    "problems-320-n1": ("320 problems x 1 sample (the base row's generation budget)", {"problems": 320, "samples": 1}),
-    "samples-4": ("4 samples per problem, every correct one kept (twice the generation)", {"samples": 4}),
+             "lr 1e-4, packed rows of 2 x 512 tokens, fp32", {"sft": FP32}),
+    "eval-fp32": ("base, the student evaluated in float32 (auto is bfloat16 on this avx512_bf16 CPU)",
+                  {"sft": FP32, "eval": {"dtype": "float32"}}),
+    "lr-2e-4": ("base with learning rate 2e-4 (fp32)", {"sft": {**FP32, "learning_rate": 2.0e-4}}),
+    "train-bf16": ("base in bf16 autocast: the base of every row below", {"sft": BF16}),
+    "epochs-3": ("3 epochs", {"sft": {**BF16, "epochs": 3}}),
+    "problems-320": ("twice the problems (320 x 2 samples: twice the generation)", {"problems": 320, "sft": BF16}),
+    "problems-320-n1": ("320 problems x 1 sample (the base row's generation budget)",
+                        {"problems": 320, "samples": 1, "sft": BF16}),
+    "samples-4": ("4 samples per problem, every correct one kept (twice the generation)", {"samples": 4, "sft": BF16}),
     "padded": ("padded batches of 4 examples instead of packed rows of 2 x 512 tokens",
-               {"sft": {"packing": False, "batch_size": 4}}),
-    "epochs-5": ("5 epochs", {"sft": {"epochs": 5}}),
-    "lr-5e-5": ("learning rate 5e-5", {"sft": {"learning_rate": 5.0e-5}}),
-    "samples-1": ("1 sample per problem (half the generation)", {"samples": 1}),
-    "problems-80": ("half the problems (80 x 2 samples)", {"problems": 80}),
-    "samples-4-keep-2": ("4 samples per problem, the 2 shortest correct kept", {"samples": 4, "filter": {"max_per_problem": 2}}),
+               {"sft": {**BF16, "packing": False, "batch_size": 4}}),
+    "epochs-5": ("5 epochs", {"sft": {**BF16, "epochs": 5}}),
+    "lr-5e-5": ("learning rate 5e-5", {"sft": {**BF16, "learning_rate": 5.0e-5}}),
+    "lr-2e-4-bf16": ("learning rate 2e-4", {"sft": {**BF16, "learning_rate": 2.0e-4}}),
+    "samples-1": ("1 sample per problem (half the generation)", {"samples": 1, "sft": BF16}),
+    "problems-80": ("half the problems (80 x 2 samples)", {"problems": 80, "sft": BF16}),
+    "samples-4-keep-2": ("4 samples per problem, the 2 shortest correct kept",
+                         {"samples": 4, "filter": {"max_per_problem": 2}, "sft": BF16}),
     "random": ("4 samples per problem, 2 correct kept at random (not the shortest)",
-               {"samples": 4, "filter": {"max_per_problem": 2, "selection": "random"}}),
+               {"samples": 4, "filter": {"max_per_problem": 2, "selection": "random"}, "sft": BF16}),
 }
 
 

@@ -121,7 +121,8 @@ def setup(tmp_path_factory):
 def kd_config(setup, out: Path, **kv):
     base = {"student": setup["student"], "data": setup["train"], "output": str(out), "teacher": setup["teacher"],
             "max_steps": 30, "learning_rate": 3e-3, "batch_size": 8, "grad_accum": 1, "logging_steps": 5,
-            "warmup": 0, "lr_scheduler": "constant", "max_length": 256, "progress": False, "save_steps": 1000}
+            "warmup": 0, "lr_scheduler": "constant", "max_length": 256, "progress": False, "save_steps": 1000,
+            "precision": "fp32"}  # exact comparisons (auto is bf16 on CPUs with avx512_bf16)
     base.update(kv)
     args = []
     for k, v in base.items():

@@ -160,7 +160,7 @@ def rl_cfg(picker, out: Path, *extra: str):
     args = ["--rl.output", str(out), "--rl.student", picker["model"], "--rl.problems.source", picker["problems"],
             "--rl.num_generations", "8", "--rl.batch_size", "16", "--rl.max_completion_length", "16",
             "--rl.max_steps", "30", "--rl.learning_rate", "3e-3", "--rl.lr_scheduler", "constant",
-            "--rl.progress", "false", "--rl.save_steps", "100", *extra]
+            "--rl.progress", "false", "--rl.save_steps", "100", "--rl.precision", "fp32", *extra]
     return load_recipe(None, args).rl
 
 

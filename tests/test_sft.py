@@ -49,7 +49,7 @@ def sft_cfg(student, data, out, *extra: str):
     args = ["--sft.student", str(student), "--sft.data", str(data), "--sft.output", str(out),
             "--sft.max_steps", "150", "--sft.learning_rate", "3e-3", "--sft.batch_size", "4", "--sft.grad_accum", "1",
             "--sft.max_length", "128", "--sft.logging_steps", "10", "--sft.save_steps", "1000", "--sft.progress", "false",
-            *extra]
+            "--sft.precision", "fp32", *extra]  # fp32: the exact comparisons below (auto is bf16 on some CPUs)
     return load_recipe(None, args).sft
 
 
@@ -370,7 +370,7 @@ def test_two_processes_train_the_same_model(tiny_model, train_data, tmp_path):
            "--main_process_port", str(29500 + os.getpid() % 1000), "-m", "pipeline.cli", "sft",
            "--sft.student", str(tiny_model), "--sft.data", str(train_data), "--sft.output", str(out),
            "--sft.max_steps", "6", "--sft.batch_size", "2", "--sft.grad_accum", "1", "--sft.max_length", "128",
-           "--sft.learning_rate", "1e-3", "--sft.progress", "false"]
+           "--sft.learning_rate", "1e-3", "--sft.progress", "false", "--sft.precision", "fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -390,3 +390,47 @@ def test_two_processes_train_the_same_model(tiny_model, train_data, tmp_path):
     moved = max((trained[k] - base[k]).abs().max().item() for k in base)
     for k in base:
         torch.testing.assert_close(trained[k], one[k], atol=max(1e-5, moved * 1e-2), rtol=1e-3, msg=k)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_the_loss_is_trls_own_from_the_trained_positions_only(tiny_model, train_data, tmp_path, packing):
+    """sft's loss (CE from the logits of the trained positions) equals TRL SFTTrainer's fused-head loss on the same
+    batch, gradients included, packed or padded, with the tokens of a whole accumulated step as the divisor."""
+    from trl import SFTTrainer
+
+    from pipeline.train import common
+
+    cfg = sft_cfg(tiny_model, train_data, tmp_path / "out", "--sft.packing", json.dumps(packing))
+    tok = common.load_tokenizer(cfg, "sft")
+    train, _ = common.encode_dataset(common.load_training_set(cfg.data, "sft"), tok, cfg)
+    trainer = sft.trainer_class()(model=common.load_student(cfg, "sft"), args=common.trainer_args(cfg, tmp_path),
+                                  train_dataset=train, processing_class=tok)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model
+    items = int((batch["labels"][:, 1:] != IGNORE).sum()) + 7  # as if another micro-batch held 7 more tokens
+    for n in (None, items):
+        model.zero_grad()
+        ours = trainer.compute_loss(model, dict(batch), num_items_in_batch=n)
+        ours.backward()
+        g_ours = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        model.zero_grad()
+        trls = SFTTrainer.compute_loss(trainer, model, dict(batch), num_items_in_batch=n)
+        trls.backward()
+        g_trl = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        assert ours.item() == pytest.approx(trls.item(), rel=1e-5), (packing, n)
+        assert torch.allclose(g_ours, g_trl, rtol=1e-4, atol=1e-7)
+    assert trainer.loss_is_scaled_for_ga and trainer.model_accepts_loss_kwargs
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    from pipeline.core import hardware
+    from pipeline.train import common
+
+    cfg = load_recipe(None, ["--sft.student", "s", "--sft.output", "o"]).sft
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    assert common.mixed_precision(cfg) == "bf16"  # a CPU with avx512_bf16 / AMX
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    assert common.mixed_precision(cfg) == "fp32"  # emulated bf16 would be slower than fp32
+    cfg.precision = "bf16"
+    assert common.mixed_precision(cfg) == "bf16"  # what the user names is kept

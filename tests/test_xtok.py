@@ -309,6 +309,7 @@ def xtok_config(pair, out: Path, **kv):
     base = {"student": pair["student"], "data": pair["train"], "output": str(out), "teacher": pair["teacher"],
             "max_steps": 40, "learning_rate": 3e-3, "batch_size": 8, "grad_accum": 1, "logging_steps": 5,
             "warmup": 0, "lr_scheduler": "constant", "max_length": 256, "progress": False, "save_steps": 1000,
+            "precision": "fp32",
             "cross_tokenizer": "hybrid"}
     base.update(kv)
     args = []

@@ -4,21 +4,11 @@ over as each one finishes, so continuous batching stays full while the caller wr
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from ..core.config import SamplingConfig, TeacherConfig
 from .base import GenRequest, GenResult, OnResult, teacher_name
+from ..core.hardware import cpu_has_bf16
 from .prompts import cpu_only, render_prompt_ids
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (avx512_bf16 or AMX). Without it vLLM-CPU emulates bf16 and
-    runs many times slower than float32 (measured: the demo teacher wrote nothing in 37 minutes on an AVX2 EPYC)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def engine_dtype(dtype: str) -> str:

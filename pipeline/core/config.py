@@ -175,7 +175,9 @@ class OptimConfig:
     batch_size: int = opt(1, "rows per device per step (a packed row holds several examples)", min=1)
     grad_accum: int = opt(8, "micro-batches accumulated per optimizer step", min=1)
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, ~30% slower)")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = opt("auto", "auto: bf16 on a GPU that supports it, else fp32")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = opt("auto", "auto: bf16 autocast where the hardware has it "
+                                                                     "natively (a GPU, or a CPU with avx512_bf16/AMX), "
+                                                                     "else fp32; fp32 master weights either way")
     seed: int = opt(0, "seed of initialisation, shuffling and dropout")
     resume: bool = opt(True, "continue from the last checkpoint in output/checkpoints", operational=True)
     save_steps: int = opt(200, "checkpoint every this many steps", min=1, operational=True)

@@ -10,6 +10,7 @@ Output folder of a training stage:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -109,11 +110,18 @@ def load_tokenizer(cfg: OptimConfig, stage: str):
 
 
 def mixed_precision(cfg: OptimConfig) -> str:
+    """auto: bf16 autocast where the hardware computes bf16 natively (a GPU that supports it; a CPU with avx512_bf16
+    or AMX, where a SmolLM2-135M step ran 1.5x fp32's and the demo student learned as well: bench/README.md), else
+    fp32 (a CPU without it would emulate bf16, slower than fp32)."""
     import torch
 
     if cfg.precision != "auto":
         return cfg.precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    from ..core.hardware import cpu_has_bf16
+
+    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 def load_student(cfg: OptimConfig, stage: str, *, dtype=None):
@@ -166,6 +174,18 @@ def optimiser_args(cfg: OptimConfig, out: Path) -> dict:
         logging_steps=cfg.logging_steps, logging_first_step=True, report_to=cfg.report_to or "none",
         disable_tqdm=not cfg.progress, eval_strategy="no", dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False)
+
+
+def accepts_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def logits_at(model, feed: dict, keep, accepts: bool):
+    """Logits at the positions `keep` only (the vocabulary projection of the other positions is skipped)."""
+    if accepts:
+        return model(**feed, use_cache=False, logits_to_keep=keep).logits
+    return model(**feed, use_cache=False).logits[:, keep]
 
 
 # -------------------------------------------------------------------------------------------- outputs

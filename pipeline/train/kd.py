@@ -22,7 +22,6 @@ takes GKDTrainer's on-policy sampling as it is. Outputs and resume work exactly 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import random
 from pathlib import Path
@@ -256,18 +255,6 @@ def training_args(cfg: KDConfig, out: Path):
 
 # ----------------------------------------------------------------------------------------- trainer
 
-def _accepts_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-def _logits(model, feed: dict, keep, accepts: bool):
-    """Logits at the positions `keep` only (the vocabulary projection of the other positions is skipped)."""
-    if accepts:
-        return model(**feed, use_cache=False, logits_to_keep=keep).logits
-    return model(**feed, use_cache=False).logits[:, keep]
-
-
 def _make_trainer_class():
     from trl import SFTTrainer
 
@@ -293,8 +280,8 @@ def _make_trainer_class():
                 else:  # moved to the device, never wrapped for DDP (it has no gradients to reduce)
                     self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
                 self.teacher.eval()
-            self._student_keeps = _accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
-            self._teacher_keeps = teacher is not None and _accepts_logits_to_keep(teacher)
+            self._student_keeps = common.accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
+            self._teacher_keeps = teacher is not None and common.accepts_logits_to_keep(teacher)
             if kd.mode == "on_policy":
                 from transformers import GenerationConfig
 
@@ -331,13 +318,13 @@ def _make_trainer_class():
             labels = inputs["labels"][:, 1:]  # logits at position i predict the token at i + 1
             feed = {k: v for k, v in inputs.items() if k not in BATCH_ONLY}
             keep = (labels != IGNORE).any(0).nonzero().flatten()  # positions whose next token is trained
-            logits = _logits(model, feed, keep, self._student_keeps)
+            logits = common.logits_at(model, feed, keep, self._student_keeps)
             if kd.mode == "offline":
                 teacher = {"topk_ids": inputs["topk_ids"][:, 1:][:, keep],
                            "topk_logprobs": inputs["topk_logprobs"][:, 1:][:, keep]}
             else:
                 with torch.no_grad():
-                    teacher = {"teacher_logits": _logits(self.teacher, feed, keep, self._teacher_keeps)}
+                    teacher = {"teacher_logits": common.logits_at(self.teacher, feed, keep, self._teacher_keeps)}
             # on the student's own samples only the teacher supervises: a CE term there would train the student
             # to repeat whatever it sampled
             sampled = bool(inputs.get("sampled", False))
@@ -368,7 +355,7 @@ def _make_trainer_class():
             labels = inputs["labels"][:, 1:]  # logits at position i predict the token at i + 1
             keep = (labels != IGNORE).any(0).nonzero().flatten()
             feed = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-            logits = _logits(model, feed, keep, self._student_keeps)
+            logits = common.logits_at(model, feed, keep, self._student_keeps)
             kept = labels[:, keep]
             trained = kept != IGNORE
             group = inputs["xt_group"][:, 1:][:, keep][trained]
@@ -379,9 +366,8 @@ def _make_trainer_class():
                 with torch.no_grad():
                     pos = inputs["xt_t_pos"]
                     t_keep = pos[:, 1].unique()  # sorted
-                    t_logits = _logits(self.teacher, {"input_ids": inputs["xt_t_input_ids"],
-                                                      "attention_mask": inputs["xt_t_attention_mask"]},
-                                       t_keep, self._teacher_keeps)
+                    t_feed = {"input_ids": inputs["xt_t_input_ids"], "attention_mask": inputs["xt_t_attention_mask"]}
+                    t_logits = common.logits_at(self.teacher, t_feed, t_keep, self._teacher_keeps)
                     rows = t_logits[pos[:, 0], torch.searchsorted(t_keep, pos[:, 1].contiguous())]
                     log_p = torch.log_softmax(rows[:, :len(self.pair.teacher)].float(), dim=-1)
                     t_chosen = log_p.gather(-1, inputs["xt_t_token"][:, None]).squeeze(-1)
