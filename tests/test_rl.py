@@ -45,9 +45,10 @@ def test_correct_is_the_verifiers_verdict_on_the_final_answer():
              "<think>\n6 * 7 = 48\n</think>\n\n\\boxed{48}",        # wrong
              "6 times 7 is 42, so the answer is 42.",               # unboxed: whatever the verifier reads
              "<think>\n\\boxed{42} is tempting\n</think>\n\n\\boxed{41}",  # the reasoning's box does not count
+             "<think>\n6 * 7 = \\boxed{42}\n</think>\n\nI am not sure.",  # nor when the final text has none
              "no answer at all"]
-    got = call(rewards.Correct(load_recipe(None, ["--rl.output", "x"]).rl.verify), texts, answer=["42"] * 5)
-    assert got[:2] == [1.0, 0.0] and got[3:] == [0.0, 0.0]
+    got = call(rewards.Correct(load_recipe(None, ["--rl.output", "x"]).rl.verify), texts, answer=["42"] * 6)
+    assert got[:2] == [1.0, 0.0] and got[3:] == [0.0, 0.0, 0.0]
     assert got[2] == (1.0 if verify_answer("42", texts[2]).correct else 0.0)  # the same semantics as evaluate
 
 
