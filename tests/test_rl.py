@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.backends.prompts import chat_messages
 from pipeline.core.config import PromptConfig, load_recipe
@@ -19,13 +19,8 @@ from pipeline.demo.tiny_model import build_tiny_model
 from pipeline.train import rewards, rl
 from pipeline.verify import verify_answer
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from test_kd import one_thread  # noqa: F401 - autouse: one torch thread for this module too
+from test_sft import CrashAt
 
 
 def chat(text: str) -> list[dict]:
@@ -180,15 +175,6 @@ def test_grpo_raises_the_correct_reward_of_a_learnable_task(picker, tmp_path):
     assert (tmp_path / "out" / "reward.png").stat().st_size > 0
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["fingerprint"] == s["fingerprint"]
     assert rl.run(rl_cfg(picker, tmp_path / "out"))["train_seconds"] == s["train_seconds"]  # finished: reused
-
-
-class CrashAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step == self.step:
-            raise RuntimeError("simulated crash")
 
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(picker, tmp_path):

@@ -18,7 +18,7 @@ from pipeline.train.common import TrainError
 from pipeline.train.kd_losses import distillation_loss
 from pipeline.train.xtok_losses import cross_tokenizer_loss, span_divergence
 
-from test_kd import problems, sample_traces, train_teacher
+from test_kd import kd_config, sample_traces, train_teacher
 
 END = "<|im_end|>"
 
@@ -306,16 +306,8 @@ def pair(tmp_path_factory):
 
 
 def xtok_config(pair, out: Path, **kv):
-    base = {"student": pair["student"], "data": pair["train"], "output": str(out), "teacher": pair["teacher"],
-            "max_steps": 40, "learning_rate": 3e-3, "batch_size": 8, "grad_accum": 1, "logging_steps": 5,
-            "warmup": 0, "lr_scheduler": "constant", "max_length": 256, "progress": False, "save_steps": 1000,
-            "precision": "fp32",
-            "cross_tokenizer": "hybrid"}
-    base.update(kv)
-    args = []
-    for k, v in base.items():
-        args += [f"--kd.{k}", v if isinstance(v, str) else json.dumps(v)]
-    return load_recipe(None, args).kd
+    """test_kd's kd config (its keys: student, train, teacher) with the cross-tokenizer path on."""
+    return kd_config(pair, out, **{"max_steps": 40, "cross_tokenizer": "hybrid", **kv})
 
 
 def sequence_kl(student: str, teacher: str, held) -> float:

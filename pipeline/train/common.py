@@ -73,25 +73,32 @@ def encode_dataset(ds: datasets.Dataset, tokenizer, cfg: TrainConfig) -> tuple[d
         return {"input_ids": e.input_ids, "labels": e.labels, "length": len(e.input_ids)}
 
     encoded = ds.map(enc, remove_columns=ds.column_names, desc="tokenising", load_from_cache_file=False)
+    encoded, stats = fit_length(encoded, cfg, ("input_ids", "labels"))
+    return encoded.remove_columns("length"), stats
+
+
+def fit_length(encoded: datasets.Dataset, cfg: TrainConfig, columns: tuple[str, ...],
+               features=None) -> tuple[datasets.Dataset, dict]:
+    """Examples over max_length dropped, or cut (`columns`: the token-aligned ones), and the length figures every
+    training stage reports. `encoded` holds a `length` column and `labels`."""
     lengths = encoded["length"]
     long = [i for i, n in enumerate(lengths) if n > cfg.max_length]
     if cfg.long_examples == "drop":
-        keep = sorted(set(range(len(encoded))) - set(long))
-        encoded = encoded.select(keep)
-    else:
-        encoded = encoded.map(lambda r: {"input_ids": r["input_ids"][:cfg.max_length],
-                                         "labels": r["labels"][:cfg.max_length]},
+        encoded = encoded.select(sorted(set(range(len(encoded))) - set(long)))
+    elif long:
+        cut = cfg.max_length
+        encoded = encoded.map(lambda r: {c: r[c][:cut] for c in columns}, features=features,
                               desc="cutting long examples", load_from_cache_file=False)
     if len(encoded) == 0:
         raise TrainError(f"every example is longer than max_length {cfg.max_length} tokens (longest {max(lengths)}); "
                          f"raise max_length")
-    trained_lengths = [min(n, cfg.max_length) for n in encoded["length"]]
-    stats = {"examples_in": len(ds), "examples_over_max_length": len(long),
+    trained = [min(n, cfg.max_length) for n in encoded["length"]]
+    stats = {"examples_in": len(lengths), "examples_over_max_length": len(long),
              f"examples_{'dropped' if cfg.long_examples == 'drop' else 'truncated'}": len(long),
-             "examples_trained": len(encoded), "tokens_per_epoch": sum(trained_lengths),
+             "examples_trained": len(encoded), "tokens_per_epoch": sum(trained),
              "loss_tokens_per_epoch": sum(sum(1 for t in labels if t != IGNORE) for labels in encoded["labels"]),
              "longest_example": max(lengths)}
-    return encoded.remove_columns("length"), stats
+    return encoded, stats
 
 
 # ---------------------------------------------------------------------------------------------- model

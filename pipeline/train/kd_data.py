@@ -17,7 +17,7 @@ import datasets
 
 from ..core.config import TrainConfig
 from ..core.stages import summary_path
-from .common import TrainError
+from .common import TrainError, fit_length
 from .templates import IGNORE, render
 
 KD_COLUMNS = ("completion_token_ids", "topk_ids", "topk_logprobs")
@@ -139,25 +139,9 @@ def encode_offline(ds: datasets.Dataset, tokenizer, cfg: TrainConfig, vocab_size
 
     encoded = ds.map(enc, remove_columns=ds.column_names, features=OFFLINE_FEATURES, desc="tokenising",
                      load_from_cache_file=False)
-    lengths = encoded["length"]
-    long = [i for i, n in enumerate(lengths) if n > cfg.max_length]
-    if cfg.long_examples == "drop":
-        encoded = encoded.select(sorted(set(range(len(encoded))) - set(long)))
-    elif long:
-        cut = cfg.max_length
-        encoded = encoded.map(lambda r: {c: r[c][:cut] for c in ("input_ids", "labels", "topk_ids", "topk_logprobs")},
-                              features=OFFLINE_FEATURES, desc="cutting long examples", load_from_cache_file=False)
-    if len(encoded) == 0:
-        raise TrainError(f"every example is longer than max_length {cfg.max_length} tokens (longest {max(lengths)}); "
-                         f"raise max_length")
-    k = max(encoded["k"])
-    trained = [min(n, cfg.max_length) for n in encoded["length"]]
-    labels = encoded["labels"]
-    stats = {"examples_in": len(ds), "examples_over_max_length": len(long),
-             f"examples_{'dropped' if cfg.long_examples == 'drop' else 'truncated'}": len(long),
-             "examples_trained": len(encoded), "tokens_per_epoch": sum(trained),
-             "loss_tokens_per_epoch": sum(sum(1 for t in lab if t != IGNORE) for lab in labels),
-             "longest_example": max(lengths), "topk": k, "topk_slots_outside_vocab": sum(encoded["masked_slots"])}
+    encoded, stats = fit_length(encoded, cfg, ("input_ids", "labels", "topk_ids", "topk_logprobs"),
+                                features=OFFLINE_FEATURES)
+    stats.update(topk=max(encoded["k"]), topk_slots_outside_vocab=sum(encoded["masked_slots"]))
     return encoded.remove_columns(["length", "masked_slots", "k"]), stats
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import datasets
 
 from ..core.config import KDConfig
-from .common import TrainError
+from .common import TrainError, fit_length
 from .templates import IGNORE, TemplateError, preflight, render
 from .xtok import align_completion, shared_vocabulary, token_bytes
 
@@ -147,27 +147,11 @@ def encode(ds: datasets.Dataset, pair: Pair, cfg: KDConfig) -> tuple[datasets.Da
         return out
 
     encoded = ds.map(enc, remove_columns=ds.column_names, desc="aligning tokenizers", load_from_cache_file=False)
-    lengths = encoded["length"]
-    long = [i for i, n in enumerate(lengths) if n > cfg.max_length]
-    if cfg.long_examples == "drop":
-        encoded = encoded.select(sorted(set(range(len(encoded))) - set(long)))
-    elif long:
-        cut = cfg.max_length
-        encoded = encoded.map(lambda r: {c: r[c][:cut] for c in ("input_ids", "labels", "xt_group", "xt_last")},
-                              desc="cutting long examples", load_from_cache_file=False)
-    if len(encoded) == 0:
-        raise TrainError(f"every example is longer than max_length {cfg.max_length} tokens (longest {max(lengths)}); "
-                         f"raise max_length")
+    encoded, stats = fit_length(encoded, cfg, ("input_ids", "labels", "xt_group", "xt_last"))
     covered, total = sum(encoded["covered_bytes"]), sum(encoded["content_bytes"])
-    trained = [min(n, cfg.max_length) for n in encoded["length"]]
-    stats = {"examples_in": len(ds), "examples_over_max_length": len(long),
-             f"examples_{'dropped' if cfg.long_examples == 'drop' else 'truncated'}": len(long),
-             "examples_trained": len(encoded), "tokens_per_epoch": sum(trained),
-             "loss_tokens_per_epoch": sum(sum(1 for t in lab if t != IGNORE) for lab in encoded["labels"]),
-             "longest_example": max(lengths), "spans": sum(encoded["spans"]), "split_spans": sum(encoded["split_spans"]),
-             "alignment_coverage": round(covered / total, 6) if total else 1.0,
-             "teacher_tokens_outside_topk": sum(encoded["outside_topk"]),
-             "completions_not_utf8": sum(encoded["bad_utf8"])}
+    stats.update(spans=sum(encoded["spans"]), split_spans=sum(encoded["split_spans"]),
+                 alignment_coverage=round(covered / total, 6) if total else 1.0,
+                 teacher_tokens_outside_topk=sum(encoded["outside_topk"]), completions_not_utf8=sum(encoded["bad_utf8"]))
     if offline:
         stats["topk"] = max((len(r) for rows in encoded["xt_t_ids"][:50] for r in rows), default=0)
     drop = ["length", "spans", "split_spans", "covered_bytes", "content_bytes", "outside_topk", "bad_utf8"]
