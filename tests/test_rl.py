@@ -193,6 +193,14 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(picker, tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
 
+def test_lora_as_in_sft(picker, tmp_path):
+    s = rl.run(rl_cfg(picker, tmp_path / "lora", "--rl.max_steps", "3", "--rl.lora.enabled", "true", "--rl.lora.r", "4"))
+    assert s["method"] == "lora-merged" and s["steps"] == 3
+    base = AutoModelForCausalLM.from_pretrained(picker["model"]).state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora" / "model").state_dict()
+    assert set(base) == set(merged) and any(not torch.equal(base[k], merged[k]) for k in base)
+
+
 def test_selection_keeps_the_pass_rate_band(picker, tmp_path):
     """Pass rates read from a generate-style output of the student: problems all right or all wrong are dropped."""
     import datasets
