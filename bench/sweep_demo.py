@@ -1,4 +1,4 @@
-"""What makes the CPU demo's student learn: one knob at a time from recipes/demo-cpu.yaml.
+"""What makes the CPU demo's student learn: one knob at a time from the demo recipe as it was (bench/sweep_base.yaml).
 
 The teacher's traces are generated once, 320 problems x 4 samples (the largest setting any row uses); each row
 reads the first N problems and their first n samples, as if generate had been asked for just those, then runs
@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / "recipes" / "demo-cpu.yaml"
+BASE = ROOT / "bench" / "sweep_base.yaml"  # recipes/demo-cpu.yaml before the sweep (the demo now takes its findings)
 PROBLEMS, SAMPLES = 320, 4  # generated once (the largest setting any row uses); rows take a prefix of each
 
 # name -> (what changes, overrides). Overrides: {"problems": N, "samples": n, "filter": {...}, "sft": {...},
