@@ -461,12 +461,12 @@ def _pip_command() -> list[str] | None:
     # looking pip up in this process makes setuptools' distutils shim fall back to the stdlib copy for good,
     # after which importing setuptools (torch.utils.cpp_extension, so vLLM and TRL's GRPOTrainer) fails.
     for exe in (sys.executable, shutil.which("python3"), shutil.which("python")):
-        if exe and _answers(exe):
+        if exe and _runs_pip(exe):
             return [exe, "-m", "pip"]
     return None
 
 
-def _answers(exe: str) -> bool:
+def _runs_pip(exe: str) -> bool:
     try:
         return subprocess.run([exe, "-m", "pip", "--version"], capture_output=True, timeout=120).returncode == 0
     except subprocess.TimeoutExpired:
