@@ -116,6 +116,7 @@ def test_scoring_on_known_completions(scripted, tmp_path, capsys):
     assert m["ci95_low"] <= m["pass@1"] <= m["ci95_high"]
     assert m["failures"] == {"correct": 6, "failed": 1, "loop": 0, "truncated": 1, "no answer": 1, "arithmetic": 1,
                              "method": 2}
+    assert m["steps"] == {"+": [0, 1], "-": [0, 0], "*": [0, 0], "/": [0, 0]}  # "2 + 2 = 5", the one written step
     assert "1 requests failed" in capsys.readouterr().out
 
     samples = datasets.load_from_disk(str(out / "samples"))

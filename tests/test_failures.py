@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.evaluate import failures, report
-from pipeline.evaluate.failures import classify, false_steps, is_loop
+from pipeline.evaluate.failures import classify, false_steps, is_loop, step_accuracy
 
 
 def rec(completion, *, correct=False, predicted="1", finish="stop", error=None):
@@ -90,3 +90,29 @@ def test_report_shows_the_breakdown_per_model():
                     ["", "loop", "0.0 (0)", "75.0 (3)"],
                     ["", "arithmetic", "25.0 (1)", "0.0 (0)"]]
     assert "## How the models fail" in report.markdown(results)
+
+
+def test_step_accuracy_counts_the_steps_of_one_operation_by_operation():
+    got = step_accuracy([
+        rec("28 + 26 = 54 - 19 = 36"),                 # + holds (the chain's 54), then 54 - 19 = 36 is false
+        rec("So \\( 6 \\times 9 = 56 \\) and \\frac{56}{8} = 7"),  # * false, / holds
+        rec("3 + 4 * 2 = 11 and 45 - 29 = 16"),         # two operations: not counted; - holds
+        rec(None, error="timeout"), rec("He has 3 cats = 3 pets."),
+    ])
+    assert got == {"+": [1, 1], "-": [1, 2], "*": [0, 1], "/": [1, 1]}
+    assert step_accuracy([]) == dict.fromkeys(failures.OPERATIONS, [0, 0])
+
+
+def test_report_shows_written_steps_per_operation_and_model():
+    cell = lambda steps: {"pass@1": 0.5, "ci95_low": 0.1, "ci95_high": 0.9, "pass@k": {}, "maj@k": {},
+                          "truncated_rate": 0, "no_answer_rate": 0, "mean_output_tokens": 10, "failed_requests": 0,
+                          "failures": dict.fromkeys(failures.CLASSES, 0), "steps": steps}
+    none = dict.fromkeys(failures.OPERATIONS, [0, 0])
+    results = {"models": [{"name": "t", "model": "t", "backend": "vllm"}, {"name": "s", "model": "s", "backend": "vllm"}],
+               "benchmarks": [{"name": "h", "n_problems": 4, "source": "h.jsonl", "split": None, "contamination": "-"}],
+               "sampling": {"n": 1, "greedy": True, "max_tokens": 10},
+               "results": {"t": {"h": cell({**none, "-": [9, 10]})}, "s": {"h": cell({**none, "-": [3, 8], "*": [1, 4]})}}}
+    header, rows = report.step_table(results)
+    assert header == ["benchmark (problems)", "written step", "t", "s"]
+    assert rows == [["h (4)", "a - b = c", "90.0 (9/10)", "37.5 (3/8)"], ["", "a * b = c", "-", "25.0 (1/4)"]]
+    assert "37.5 (3/8)" in report.markdown(results)

@@ -22,7 +22,7 @@ from collections import Counter
 from fractions import Fraction
 
 CLASSES = ("correct", "failed", "loop", "truncated", "no answer", "arithmetic", "method")
-FAILURES_ID = "failures-1"  # part of evaluate's scoring key: a change here re-scores saved samples
+FAILURES_ID = "failures-2"  # part of evaluate's scoring key: a change here re-scores saved samples
 
 _LOOP_NGRAM = 6    # words per n-gram ...
 _LOOP_REPEATS = 4  # ... repeated this often in one completion makes a loop
@@ -34,6 +34,7 @@ _EXPR = rf"{_TERM}(?:{_S}[-+*/]{_S}{_TERM})*"
 _CHAIN = re.compile(rf"(?<![\w.]){_EXPR}(?:{_S}={_S}{_EXPR})+(?!\d|\.\d)")
 _LEAD = re.compile(rf"\(?{_S}(-?{_NUM})")
 _OPERATOR = re.compile(rf"\d{_S}\)?{_S}[-+*/]{_S}\(?{_S}-?\d")
+_SINGLE = re.compile(rf"\(?{_S}{_NUM}{_S}([-+*/]){_S}{_NUM}{_S}\)?")  # one operation between two numbers
 
 
 def classify(record: dict) -> str:
@@ -68,7 +69,29 @@ def false_steps(text: str) -> list[str]:
     `28 + 26 = 54 - 19 = 35` is checked between its neighbours, and a step holds when the left side equals the
     right side or the right side's first number (the sloppy chaining models write: 28 + 26 = 54, then - 19). A
     bare-number side is allowed the rounding its own decimals show (22 / 3 = 7.33 holds)."""
-    wrong = []
+    return [f"{left} = {right}" for left, right, holds in _steps(text) if not holds]
+
+
+OPERATIONS = ("+", "-", "*", "/")
+
+
+def step_accuracy(records: list[dict]) -> dict[str, list[int]]:
+    """Over the completions of `records`: operation -> [steps that hold, steps written], counting the written steps
+    of one operation between two numbers (`45 - 29 = 16`, `54 - 19` after a chain's `=`). Why: the breakdown's
+    `arithmetic` class says that some step of an answer is false; this says which operation a model gets wrong,
+    and how often, e.g. a student that copies its teacher's plan but subtracts two-digit numbers badly."""
+    counts = {op: [0, 0] for op in OPERATIONS}
+    for r in records:
+        for left, right, holds in _steps(r.get("completion") or ""):
+            single = _SINGLE.fullmatch(left) or _SINGLE.fullmatch(right)
+            if single:
+                counts[single.group(1)][0] += holds
+                counts[single.group(1)][1] += 1
+    return counts
+
+
+def _steps(text: str):
+    """(left, right, holds) for every `=` of every written equation in `text` where something is computed."""
     for m in _CHAIN.finditer(_normalise(text)):
         sides = [s.strip() for s in m.group(0).split("=")]
         for left, right in zip(sides, sides[1:]):
@@ -79,9 +102,7 @@ def false_steps(text: str) -> list[str]:
                 continue
             first = _LEAD.match(right)
             lead = Fraction(first.group(1)) if first else None
-            if abs(a - b) > _tolerance(left, right) and lead != a:
-                wrong.append(f"{left} = {right}")
-    return wrong
+            yield left, right, abs(a - b) <= _tolerance(left, right) or lead == a
 
 
 def _normalise(text: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .failures import CLASSES
+from .failures import CLASSES, OPERATIONS
 
 
 def write_report(out: Path, results: dict) -> None:
@@ -49,6 +49,25 @@ def failure_table(results: dict) -> tuple[list[str], list[list[str]]]:
     return ["benchmark (problems)", "class", *models], rows
 
 
+def step_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the written-arithmetic table: one row per (benchmark, operation), one column per model,
+    each cell the share of that model's written steps of the operation that hold (right/written). Operations no
+    model wrote are left out."""
+    models = [m["name"] for m in results["models"]]
+    rows = []
+    for b in results["benchmarks"]:
+        steps = [results["results"][m][b["name"]].get("steps") or {} for m in models]
+        shown = [op for op in OPERATIONS if any((s.get(op) or [0, 0])[1] for s in steps)]
+        for i, op in enumerate(shown):
+            rows.append([f"{b['name']} ({b['n_problems']})" if i == 0 else "", f"a {op} b = c",
+                         *(_ratio(*(s.get(op) or [0, 0])) for s in steps)])
+    return ["benchmark (problems)", "written step", *models], rows
+
+
+def _ratio(right: int, written: int) -> str:
+    return "-" if not written else f"{100 * right / written:.1f} ({right}/{written})"
+
+
 def _share(n: int | None, total: int) -> str:
     return "-" if n is None or not total else f"{100 * n / total:.1f} ({n})"
 
@@ -82,6 +101,9 @@ def markdown(r: dict) -> str:
               "without one); arithmetic (answered, and a written step such as `6 \\times 9 = 56` is false); method "
               "(answered, every written step holds, the answer is wrong). Each sample's class is in samples/ "
               "(`failure`).", "", markdown_table(r, failure_table), "", "![how the samples fail](failures.png)"]
+    if step_table(r)[1]:
+        lines += ["", "Written arithmetic: of the steps with one operation between two numbers (`45 - 29 = 16`), the "
+                      "share that hold (right/written), over every sample.", "", markdown_table(r, step_table)]
     lines += ["", "| model | served as | backend |", "|---|---|---|"]
     lines += [f"| {m['name']} | `{m['model']}` | {m['backend']} |" for m in r["models"]]
     lines += ["", "| benchmark | source | contamination check |", "|---|---|---|"]
@@ -147,6 +169,9 @@ def print_summary(r: dict, output: str) -> None:
     _print_table(*table(r))
     print("\n  how the samples fail (share of samples, count; results.md says what each class means):")
     _print_table(*failure_table(r))
+    if step_table(r)[1]:
+        print("\n  written arithmetic steps that hold (right/written):")
+        _print_table(*step_table(r))
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:

@@ -157,6 +157,7 @@ def benchmark_metrics(records: list[dict], ks: list[int], *, n_boot: int, seed: 
         "mean_output_tokens": round(sum(tokens) / len(tokens), 1) if tokens else None,
         "failed_requests": len(records) - len(answered),
         "failures": failures.breakdown(records),
+        "steps": failures.step_accuracy(records),
     }
 
 
