@@ -211,3 +211,26 @@ def test_require_boxed_is_a_format_rule_of_the_filter(tmp_path):
     assert strict["rows_kept"] == 1 and strict["rejected"] == {"no boxed answer": 2}
     assert strict["failing_checks"]["incorrect"] == 1  # every check is still counted on every row
     assert checks.has_boxed("so \\boxed{4}") and checks.has_boxed("\\fbox{4}") and not checks.has_boxed("4")
+
+
+def test_prompt_builds_the_training_prompt_instead_of_the_teachers(tmp_path):
+    """Context distillation: the teacher was asked for a terse style, the student trains on R1's prompt."""
+    terse = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": f"{P3}\nOnly the equations."}]
+    row = {**trace("p3", 0, P3, "10", "5 + 5 = 10\n\\boxed{10}"), "messages": terse}
+    path = tmp_path / "traces"
+    datasets.Dataset.from_list([row]).save_to_disk(str(path))
+
+    def training_prompt(name, body):
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text(f"filter:\n  input: {path}\n  output: {tmp_path / name}\n  progress: false\n"
+                          f"  require_reasoning: false\n{body}")
+        filter_stage.run(load_recipe(str(recipe), []).filter)
+        return datasets.load_from_disk(str(tmp_path / name / "dataset"))[0]["messages"][:-1]
+
+    assert training_prompt("as-sent", "  user_turn: prompt\n") == terse
+    assert training_prompt("r1", "  prompt: {}\n") == [
+        {"role": "user", "content": f"{P3}\nPlease reason step by step, and put your final answer within \\boxed{{}}."}]
+    assert training_prompt("own", "  prompt: {system: S, instruction: Go.}\n") == [
+        {"role": "system", "content": "S"}, {"role": "user", "content": f"{P3}\nGo."}]
+    with pytest.raises(ValueError, match="keep one"):
+        training_prompt("both", "  prompt: {}\n  user_turn: prompt\n")

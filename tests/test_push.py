@@ -474,3 +474,13 @@ def test_a_real_lora_training_output_dry_runs(tiny_model, tmp_path, token_env, n
     assert "r 16, alpha 32" in card.text and "LoRA adapter" in card.text
     assert "set push.base_model to its Hub id" in out
     assert str(tmp_path) not in (staged / "adapter_config.json").read_text() + (staged / "README.md").read_text()
+
+
+def test_the_dataset_card_says_how_the_training_prompt_was_built():
+    from pipeline.push.cards import _training_prompt
+
+    assert _training_prompt({"user_turn": "problem"}) == "the bare problem"
+    assert _training_prompt({"user_turn": "prompt", "prompt": None}) == "the prompt as sent to the teacher"
+    built = _training_prompt({"user_turn": "problem", "prompt": {"template": "{problem}\n{instruction}",
+                                                                  "instruction": "Go.", "system": None}})
+    assert built == "built from the problem: `{problem}\\n{instruction}` with instruction `Go.`" and "\n" not in built

@@ -143,9 +143,17 @@ class FilterConfig:
     selection: Literal["shortest", "random", "all"] = opt("shortest", "... chosen this way (all: no cap)")
     seed: int = opt(0, "seed of selection: random")
     user_turn: Literal["problem", "prompt"] = opt("problem", "the training prompt: the bare problem, or the prompt as sent")
+    prompt: PromptConfig | None = opt(None, "build the training prompt from the problem like this instead (a section, as "
+                                            "generate.prompt; {} is R1's): the teacher was asked for a style that the "
+                                            "student should write unasked (context distillation); replaces user_turn")
     verify: VerifyConfig = opt(factory=VerifyConfig, help="answer verification (a section)")
     overwrite: bool = opt(False, "replace an output made with another config", operational=True)
     progress: bool = opt(True, "progress bar", operational=True)
+
+    def __post_init__(self):
+        if self.prompt is not None and self.user_turn == "prompt":
+            raise ConfigError("filter.prompt and filter.user_turn: prompt both set the training prompt; keep one "
+                              "(filter.prompt builds it from the problem, user_turn: prompt copies the teacher's)")
 
 
 @dataclass

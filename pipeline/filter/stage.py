@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 
+from ..backends.prompts import chat_messages
 from ..core.config import FilterConfig, config_hash, without_operational
 from ..core.data import load_problems
 from ..core.errors import DistillError
@@ -232,7 +233,9 @@ def build_training_set(traces: datasets.Dataset, kept: list[int], verdicts, cfg:
     carried = [c for c in KD_COLUMNS if c in rows.column_names]
 
     def to_chat(row, idx):
-        if cfg.user_turn == "prompt" and row.get("messages"):
+        if cfg.prompt is not None:
+            prompt = chat_messages(row["problem"], cfg.prompt)
+        elif cfg.user_turn == "prompt" and row.get("messages"):
             prompt = [dict(m) for m in row["messages"]]
         else:
             prompt = [{"role": "user", "content": row["problem"]}]

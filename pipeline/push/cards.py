@@ -407,6 +407,15 @@ def traces_card(f: Facts, *, license: str | None = None) -> str:
                    came_back_table=_lines(came_back), columns=_lines(_columns(f.traces_columns, TRACE_COLUMNS)))
 
 
+def _training_prompt(filter_cfg: dict) -> str:
+    prompt = filter_cfg.get("prompt")
+    if prompt:  # filter.prompt: built from the problem, not the teacher's prompt
+        template = str(prompt.get("template")).replace("\n", "\\n")  # one table line
+        system = f" and system prompt `{prompt['system']}`" if prompt.get("system") else ""
+        return f"built from the problem: `{template}` with instruction `{prompt.get('instruction')}`{system}"
+    return "the prompt as sent to the teacher" if filter_cfg.get("user_turn") == "prompt" else "the bare problem"
+
+
 def dataset_card(f: Facts, *, license: str | None = None) -> str:
     """The filtered training set: what was kept and why the rest was dropped, decontamination included."""
     from huggingface_hub import DatasetCard
@@ -418,8 +427,7 @@ def dataset_card(f: Facts, *, license: str | None = None) -> str:
                       ("problems in / kept", f"{r.get('problems_in')} / {r.get('problems_kept')}"),
                       ("teacher pass@1 over the input", _pct(r.get("teacher_pass_at_1"))),
                       ("share of correct samples", _pct(r.get("teacher_sample_accuracy"))),
-                      ("training prompt", "the prompt as sent to the teacher" if cfg.get("user_turn") == "prompt"
-                       else "the bare problem")])
+                      ("training prompt", _training_prompt(cfg))])
     s = f.traces_sampling or {}
     settings = [(k, cfg.get(k)) for k in ("require_correct", "require_complete", "require_reasoning", "check_format",
                                           "min_tokens", "max_tokens", "max_repeat_ratio", "dedup", "near_dup_threshold",
