@@ -50,6 +50,8 @@ ROWS: dict[str, tuple[str, dict]] = {
     "problems-320": ("twice the problems (320 x 2 samples: twice the generation)", {"problems": 320, "sft": BF16}),
     "problems-320-n1": ("320 problems x 1 sample (the base row's generation budget)",
                         {"problems": 320, "samples": 1, "sft": BF16}),
+    "problems-320-e1": ("twice the problems (320 x 2 samples), 1 epoch: the SFT steps of the base row",
+                        {"problems": 320, "sft": {**BF16, "epochs": 1}}),
     "samples-4": ("4 samples per problem, every correct one kept (twice the generation)", {"samples": 4, "sft": BF16}),
     "padded": ("padded batches of 4 examples instead of packed rows of 2 x 512 tokens",
                {"sft": {**BF16, "packing": False, "batch_size": 4}}),
