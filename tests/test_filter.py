@@ -234,3 +234,8 @@ def test_prompt_builds_the_training_prompt_instead_of_the_teachers(tmp_path):
         {"role": "system", "content": "S"}, {"role": "user", "content": f"{P3}\nGo."}]
     with pytest.raises(ValueError, match="keep one"):
         training_prompt("both", "  prompt: {}\n  user_turn: prompt\n")
+
+
+def test_a_set_prompt_changes_the_fingerprint(traces_dir, tmp_path):
+    base = filter_stage.filter_fingerprint(cfg(traces_dir, tmp_path / "a"))
+    assert filter_stage.filter_fingerprint(cfg(traces_dir, tmp_path / "a", "--filter.prompt.instruction", "Go.")) != base

@@ -188,6 +188,8 @@ def filter_fingerprint(cfg: FilterConfig) -> str:
     d = without_operational(cfg)
     for k in ("output", "input"):  # where it reads and writes, not what it makes
         d.pop(k)
+    if d["prompt"] is None:  # unset it changes nothing: outputs made before the key existed stay current
+        d.pop("prompt")
     d["verifier"] = VERIFIER_ID  # a new verifier's verdicts make a new training set
     return config_hash(d)
 
