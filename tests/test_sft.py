@@ -285,6 +285,9 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model, train_dat
     with pytest.raises(RuntimeError, match="simulated"):
         sft.run(sft_cfg(tiny_model, train_data, out, *opts), callbacks=[CrashAt(6)])
     assert not (out / "summary.json").exists() and not (out / "model").exists()  # nothing looks finished
+    cut = out / "checkpoints" / "checkpoint-8"  # a later save cut short (a full disk): its weights never written
+    cut.mkdir()
+    (cut / "config.json").write_text("{}")
     counted = CountSteps()
     s = sft.run(sft_cfg(tiny_model, train_data, out, *opts), callbacks=[counted])
     assert s["resumed_from"].endswith("checkpoint-4") and s["steps"] == 12
@@ -295,6 +298,19 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model, train_dat
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
     steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)  # lines logged after the checkpoint and before the crash were dropped
+
+
+def test_resume_skips_checkpoints_whose_save_was_cut_short(tmp_path):
+    from pipeline.train.common import last_checkpoint
+
+    ckpt = tmp_path / "checkpoints"
+    assert last_checkpoint(tmp_path) is None
+    for step, state in ((4, '{"global_step": 4}'), (10, '{"global_step": 10}'), (12, '{"global_'), (16, None)):
+        (ckpt / f"checkpoint-{step}").mkdir(parents=True)
+        if state is not None:
+            (ckpt / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (ckpt / "checkpoint-20.tmp").mkdir()
+    assert last_checkpoint(tmp_path) == str(ckpt / "checkpoint-10")  # 16 has no state, 12 a torn one; 10 beats 4
 
 
 def test_long_examples_dropped_or_cut_and_counted(tiny_model, tmp_path):

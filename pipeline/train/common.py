@@ -239,10 +239,22 @@ def prepare_output(out: Path, fp: str, cfg: OptimConfig, stage: str, *, main: bo
 
 
 def last_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint under out/checkpoints. Why not transformers' get_last_checkpoint: it returns the
+    highest-numbered folder even when a crash (a full disk, a kill) cut its save short, and resuming from that one
+    fails. Trainer._save_checkpoint writes trainer_state.json after the weights, optimizer, scheduler and RNG state,
+    so a checkpoint whose trainer_state.json reads as JSON is whole."""
+    import re
 
     ckpt = out / "checkpoints"
-    return get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
+    found = sorted((int(m.group(1)), d) for d in (ckpt.iterdir() if ckpt.is_dir() else [])
+                   if d.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", d.name)))
+    for _, d in reversed(found):
+        try:
+            json.loads((d / "trainer_state.json").read_text())
+            return str(d)
+        except (OSError, ValueError):
+            logger.warning(f"{d} is incomplete (its save was cut short); resuming from an earlier checkpoint")
+    return None
 
 
 def log_callback(path: Path):
