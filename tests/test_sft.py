@@ -298,6 +298,14 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model, train_dat
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
     steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)  # lines logged after the checkpoint and before the crash were dropped
+    assert not list((out / "checkpoints").glob("checkpoint-*"))  # finished: the resume points are gone
+
+
+def test_keep_checkpoints_keeps_the_resume_points(tiny_model, train_data, tmp_path):
+    opts = ("--sft.max_steps", "4", "--sft.save_steps", "2")
+    sft.run(sft_cfg(tiny_model, train_data, tmp_path / "kept", *opts, "--sft.keep_checkpoints", "true"))
+    assert sorted(p.name for p in (tmp_path / "kept" / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2",
+                                                                                                 "checkpoint-4"]
 
 
 def test_resume_skips_checkpoints_whose_save_was_cut_short(tmp_path):

@@ -190,6 +190,9 @@ class OptimConfig:
     resume: bool = opt(True, "continue from the last checkpoint in output/checkpoints", operational=True)
     save_steps: int = opt(200, "checkpoint every this many steps", min=1, operational=True)
     save_total_limit: int = opt(2, "checkpoints kept", min=1, operational=True)
+    keep_checkpoints: bool = opt(False, "keep output/checkpoints once training has finished (they are resume points; "
+                                        "each holds weights and optimizer state, ~12 bytes a parameter)",
+                                 operational=True)
     logging_steps: int = opt(10, "log loss (and kd, ce) every this many steps", min=1, operational=True)
     report_to: list[str] = opt(factory=list, help="e.g. [tensorboard]: logs under output/runs", operational=True)
     lora: LoraOptions = opt(factory=LoraOptions, help="LoRA options (a section)")

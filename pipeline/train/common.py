@@ -1,7 +1,7 @@
 """What the training stages (sft, kd, rl) share: data, model, tokenised examples, trainer arguments, outputs.
 
 Output folder of a training stage:
-    checkpoints/     trainer checkpoints (resume point)
+    checkpoints/     trainer checkpoints (resume points; removed when training finishes, unless keep_checkpoints)
     model/           the trained student: weights, tokenizer + chat template, generation config (appears when done)
     train_log.jsonl  one line per logging step; loss.png at the end; runs/ with TensorBoard events when asked
     summary.json     written last: its presence means the stage finished
@@ -216,6 +216,15 @@ def finished_or_claimed(cfg: OptimConfig, fp: str, stage: str, state) -> dict | 
         logger.info(f"{stage}: {out}/model is already trained with this config and data; nothing to do "
               f"(another {stage}.output, or removing this one, retrains)")
     return done
+
+
+def finish(out: Path, stage: str, summary: dict, cfg: OptimConfig) -> None:
+    """Mark the output finished (last of all its files), then drop the checkpoints: they only serve a resume, and
+    for the CPU demo's 135M student two of them take 3 GB."""
+    stage_output(out, stage).complete(summary)
+    if not cfg.keep_checkpoints and (out / "checkpoints").is_dir():
+        for d in (out / "checkpoints").glob("checkpoint-*"):  # not the rest: rl logs its completions there
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def stage_output(out: Path, stage: str) -> StageOutput:

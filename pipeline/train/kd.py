@@ -87,7 +87,7 @@ def run(cfg: KDConfig, callbacks: list | None = None) -> dict:
            if p.pair is not None else {}),
     })
     common.plot_loss(log_path, out / "loss.png", f"kd ({cfg.mode}): {Path(cfg.student).name}")
-    common.stage_output(out, "kd").complete(summary)  # last: the output is finished
+    common.finish(out, "kd", summary, cfg)  # last: the output is finished (then its checkpoints go)
     print_summary(summary, out)
     return summary
 

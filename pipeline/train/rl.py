@@ -98,7 +98,7 @@ def run(cfg: RLConfig, callbacks: list | None = None) -> dict:
                     "num_generations": cfg.num_generations, "beta": cfg.beta, "loss_type": cfg.loss_type,
                     "generation": f"vllm-{cfg.vllm_mode}" if cfg.vllm_mode else "transformers"})
     plot_rewards(log_path, out / "reward.png", f"rl (GRPO): {Path(cfg.student).name}", list(cfg.rewards))
-    common.stage_output(out, "rl").complete(summary)  # last: the output is finished
+    common.finish(out, "rl", summary, cfg)  # last: the output is finished (then its checkpoints go)
     print_summary(summary, out)
     return summary
 

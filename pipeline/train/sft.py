@@ -51,7 +51,7 @@ def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
     if summary is None:
         return {}
     common.plot_loss(log_path, out / "loss.png", f"sft: {Path(cfg.student).name}")
-    common.stage_output(out, "sft").complete(summary)  # last: the output is finished
+    common.finish(out, "sft", summary, cfg)  # last: the output is finished (then its checkpoints go)
     print_summary(summary, out)
     return summary
 
