@@ -40,6 +40,10 @@ class Mutation:
 
 M = Mutation
 MUTATIONS = [
+    M("resume-from-a-torn-checkpoint", "pipeline/train/common.py",
+      "            json.loads((d / \"trainer_state.json\").read_text())\n", "",
+      ("tests/test_sft.py::test_resume_skips_checkpoints_whose_save_was_cut_short",
+       "tests/test_sft.py::test_resume_after_a_crash_matches_an_uninterrupted_run")),
     M("sft-resume-off", "pipeline/train/common.py",
       "trainer.train(resume_from_checkpoint=resume)", "trainer.train(resume_from_checkpoint=None)",
       ("tests/test_sft.py::test_resume_after_a_crash_matches_an_uninterrupted_run",
