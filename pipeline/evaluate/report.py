@@ -169,9 +169,10 @@ def print_summary(r: dict, output: str) -> None:
     _print_table(*table(r))
     print("\n  how the samples fail (share of samples, count; results.md says what each class means):")
     _print_table(*failure_table(r))
-    if step_table(r)[1]:
+    steps = step_table(r)
+    if steps[1]:
         print("\n  written arithmetic steps that hold (right/written):")
-        _print_table(*step_table(r))
+        _print_table(*steps)
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:

@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -252,8 +253,6 @@ def last_checkpoint(out: Path) -> str | None:
     highest-numbered folder even when a crash (a full disk, a kill) cut its save short, and resuming from that one
     fails. Trainer._save_checkpoint writes trainer_state.json after the weights, optimizer, scheduler and RNG state,
     so a checkpoint whose trainer_state.json reads as JSON is whole."""
-    import re
-
     ckpt = out / "checkpoints"
     found = sorted((int(m.group(1)), d) for d in (ckpt.iterdir() if ckpt.is_dir() else [])
                    if d.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", d.name)))
