@@ -118,9 +118,13 @@ def build(cfg: KDConfig, raw=None, *, callbacks: list | None = None, verbose: bo
 
         pair = xtok_data.make_pair(tokenizer, teacher_tok, pre.stop_ids[0], cfg)
         train, data_stats = xtok_data.encode(raw, pair, cfg)
-        if data_stats["alignment_coverage"] < 0.99 and verbose:
+        if data_stats["alignment_coverage"] + data_stats["not_utf8_share"] < 0.99 and verbose:
             logger.warning(f"kd: the two tokenizations agree on only {data_stats['alignment_coverage']:.1%} of the "
                            f"completion bytes (a tokenizer that normalises text?); the rest is trained by CE only")
+        if data_stats["completions_not_utf8"] and verbose:
+            logger.warning(f"kd: {data_stats['completions_not_utf8']} teacher completions hold bytes that are not "
+                           f"UTF-8 (a sampled stray byte token); the spans around them ({data_stats['not_utf8_share']:.2%}"
+                           f" of the text) are trained by CE only")
     elif cfg.mode == "offline":
         train, data_stats = kd_data.encode_offline(raw, tokenizer, cfg, vocab_size, strict_ids=vocab_check != "full")
         stopped, total = kd_data.stop_coverage(raw, pre.stop_ids)

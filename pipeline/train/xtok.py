@@ -134,6 +134,35 @@ def shared_vocabulary(teacher_tok, student_tok, *, pairs: dict[int, int] | None 
     return mapping
 
 
+def invalid_utf8(raw: bytes) -> list[tuple[int, int]]:
+    """The byte ranges [start, end) of `raw` that are not UTF-8, each of which `raw.decode("utf-8", "replace")`
+    writes as one U+FFFD (3 bytes): the decoder's own error ranges, so the two agree by construction."""
+    bad: list[tuple[int, int]] = []
+    pos = 0
+    while pos < len(raw):
+        try:
+            raw[pos:].decode("utf-8")
+            break
+        except UnicodeDecodeError as e:
+            bad.append((pos + e.start, pos + e.end))
+            pos += e.end
+    return bad
+
+
+def _replaced_ends(t_ends: list[int], bad: list[tuple[int, int]]) -> list[float]:
+    """Teacher token ends in raw bytes -> ends in the bytes of the replaced text (each bad range is 3 bytes of
+    U+FFFD). An end inside a bad range has no counterpart: it gets a fractional offset, never a common boundary, so
+    the token joins the span that ends after the bad range."""
+    out, k, shift = [], 0, 0
+    for e in t_ends:
+        while k < len(bad) and bad[k][1] <= e:
+            shift += 3 - (bad[k][1] - bad[k][0])
+            k += 1
+        inside = k < len(bad) and bad[k][0] < e
+        out.append(bad[k][0] + shift + 0.5 if inside else e + shift)
+    return out
+
+
 @dataclass
 class Aligned:
     """One training example for cross-tokenizer KD (token positions relative to each side's own sequence)."""
@@ -142,16 +171,22 @@ class Aligned:
     groups: list[tuple[list[int], list[int]]]  # per span: (student positions, teacher positions), in text order
     covered_bytes: int           # content bytes inside spans
     content_bytes: int
+    not_utf8_bytes: int = 0      # content bytes in spans left out because they hold a teacher byte that is not UTF-8
 
 
 def align_completion(student_tok, content: str, completion: str, teacher_ids: list[int], teacher_table, *,
-                     student_stop: int | None, teacher_stop: bool, teacher_start: int = 0) -> Aligned:
+                     student_stop: int | None, teacher_stop: bool, teacher_start: int = 0,
+                     teacher_bad: list[tuple[int, int]] = ()) -> Aligned:
     """Align the student's tokenisation of `completion` (its chat template's rendering of the assistant turn, which
     holds `content`) with the teacher's ids of `content` from byte `teacher_start` on (its last id a stop token when
     `teacher_stop`; the teacher's prompt may already hold the content's first bytes, as R1's `<think>` does).
 
     The student's tokens inside the content are grouped with the teacher's by common byte boundaries; the student's
-    first end-of-turn token after the content is paired with the teacher's stop token."""
+    first end-of-turn token after the content is paired with the teacher's stop token.
+
+    `teacher_bad`: byte ranges of the teacher's content tokens that are not UTF-8 (a sampled stray byte token), in
+    which case `content` is their decoding with U+FFFD for each range: the spans are matched around them, and the
+    spans that hold one (the two sides wrote different bytes there) are left out of the alignment."""
     s_ids = student_tok(completion, add_special_tokens=False)["input_ids"]
     s_table = token_bytes(student_tok)
     at = completion.find(content)
@@ -168,6 +203,13 @@ def align_completion(student_tok, content: str, completion: str, teacher_ids: li
     lead = next((n for n in (0, 1) if stream[n:n + len(head)] == head and not stream[:n].strip(b" ")), None)
     t_content = teacher_ids[:-1] if teacher_stop else teacher_ids
     t_ends = [teacher_start + e for e in ends(t_content, teacher_table)]
+    fffd = []  # the replaced ranges, in content bytes
+    if teacher_bad:
+        t_ends = _replaced_ends(t_ends, [(teacher_start + a, teacher_start + b) for a, b in teacher_bad])
+        shift = 0
+        for a, b in teacher_bad:
+            fffd.append((teacher_start + a + shift, teacher_start + a + shift + 3))
+            shift += 3 - (b - a)
     s_pos, s_ends, s_first = [], [], None
     if lead is not None:
         pos = -lead
@@ -179,10 +221,16 @@ def align_completion(student_tok, content: str, completion: str, teacher_ids: li
                 s_first = b0 - start if s_first is None else s_first
                 s_pos.append(p)
                 s_ends.append(pos - start)
-    groups = [([s_pos[j] for j in a], list(b)) for a, b in spans(s_ends, t_ends, s_first or 0, teacher_start)]
-    covered = sum(t_ends[b[-1]] - (t_ends[b[0] - 1] if b[0] else teacher_start) for _, b in groups)
+    groups, covered, not_utf8 = [], 0, 0
+    for a, b in spans(s_ends, t_ends, s_first or 0, teacher_start):
+        lo, hi = (t_ends[b[0] - 1] if b[0] else teacher_start), t_ends[b[-1]]
+        if any(x < hi and lo < y for x, y in fffd):
+            not_utf8 += int(hi - lo)
+        else:
+            groups.append(([s_pos[j] for j in a], list(b)))
+            covered += int(hi - lo)
     if teacher_stop and student_stop is not None:
         after = [p for p, i in enumerate(s_ids) if i == student_stop and (not s_pos or p > s_pos[-1])]
         if after:
             groups.append(([after[0]], [len(teacher_ids) - 1]))
-    return Aligned(list(s_ids), list(teacher_ids), groups, covered, content_len)
+    return Aligned(list(s_ids), list(teacher_ids), groups, covered, content_len, not_utf8)

@@ -20,7 +20,7 @@ import datasets
 from ..core.config import KDConfig
 from .common import TrainError, fit_length
 from .templates import IGNORE, TemplateError, preflight, render
-from .xtok import align_completion, shared_vocabulary, token_bytes
+from .xtok import align_completion, invalid_utf8, shared_vocabulary, token_bytes
 
 ONLINE_TOPK = 128  # a live teacher's distribution is kept as its top-128 plus the rest as one bucket
 
@@ -48,6 +48,24 @@ def teacher_turn_end(teacher_tok) -> int:
     if teacher_tok.eos_token_id is None:
         raise TrainError("the teacher's tokenizer has neither a chat template that ends a turn nor an EOS token")
     return teacher_tok.eos_token_id
+
+
+def prompt_overlap(teacher_tok, msgs: list[dict], t_text: str) -> int:
+    """How many leading characters of the answer the teacher's generation prompt already holds: a template whose
+    generation prompt opens the answer (R1's "<think>\n") has the teacher read on from there (the student's bytes
+    of that opening are trained by CE only). None where the template writes the answer after the whole generation
+    prompt; an overlap of whitespace alone is no opener ("assistant\n" before an answer that starts with "\n")."""
+    import jinja2
+
+    content = msgs[-1]["content"]
+    try:
+        full = teacher_tok.apply_chat_template(msgs, tokenize=False)
+        if full.startswith(t_text + content):
+            return 0
+    except jinja2.TemplateError:  # a template that refuses a finished turn: judge by the prompt alone
+        pass
+    return next((k for k in range(min(len(content), 64), 0, -1)
+                 if t_text.endswith(content[:k]) and content[:k].strip()), 0)
 
 
 def make_pair(student_tok, teacher_tok, student_stop: int, cfg: KDConfig) -> Pair:
@@ -89,21 +107,19 @@ def encode(ds: datasets.Dataset, pair: Pair, cfg: KDConfig) -> tuple[datasets.Da
             t_prompt = pair.teacher(t_text, add_special_tokens=False)["input_ids"] if t_text else []
             prompts[key] = (t_text, t_prompt)
         t_text, t_prompt = prompts[key]
-        t_start, bad_utf8 = 0, False
+        t_start, bad_utf8, t_bad = 0, False, []
         if offline:
             c_ids = list(row["completion_token_ids"])
             stop = bool(c_ids) and c_ids[-1] in t_stops
             raw = b"".join(t_table[i] for i in (c_ids[:-1] if stop else c_ids))
-            try:
-                content = raw.decode("utf-8")
-            except UnicodeDecodeError:  # a stray byte token: no text both sides can spell; trained by CE only
-                content, bad_utf8 = raw.decode("utf-8", errors="replace"), True
+            # a sampled stray byte token is not UTF-8: the student reads U+FFFD there, and the spans are matched
+            # around it (xtok.align_completion), so the rest of the completion is still distilled
+            t_bad = invalid_utf8(raw)
+            content, bad_utf8 = raw.decode("utf-8", errors="replace"), bool(t_bad)
             t_ids = c_ids
         else:
             content = msgs[-1]["content"]
-            # a teacher template whose generation prompt already opens the answer (R1's "<think>\n") reads on
-            # from there; the student's bytes of that opening are trained by CE only
-            lead = next((k for k in range(min(len(content), 64), 0, -1) if t_text.endswith(content[:k])), 0)
+            lead = prompt_overlap(pair.teacher, msgs, t_text)
             t_start = len(content[:lead].encode("utf-8"))
             t_ids = pair.teacher(content[lead:], add_special_tokens=False)["input_ids"] + [pair.teacher_stop]
             stop = True
@@ -111,9 +127,7 @@ def encode(ds: datasets.Dataset, pair: Pair, cfg: KDConfig) -> tuple[datasets.Da
         prompt, completion = render(pair.student, student_msgs)
         s_prompt = pair.student(prompt, add_special_tokens=False)["input_ids"]
         a = align_completion(pair.student, content, completion, t_ids, t_table, student_stop=pair.student_stop,
-                             teacher_stop=stop, teacher_start=t_start)
-        if bad_utf8:
-            a.groups, a.covered_bytes = [], 0
+                             teacher_stop=stop, teacher_start=t_start, teacher_bad=t_bad)
         n = len(s_prompt)
         ids = s_prompt + a.student_ids
         groups = [(s, t) for s, t in a.groups if n + s[-1] < cfg.max_length] \
@@ -130,7 +144,8 @@ def encode(ds: datasets.Dataset, pair: Pair, cfg: KDConfig) -> tuple[datasets.Da
         out = {"input_ids": ids, "labels": [IGNORE] * n + a.student_ids, "xt_group": group, "xt_last": last,
                "xt_t_group": t_group, "xt_t_last": t_last, "length": len(ids), "spans": len(groups),
                "split_spans": sum(len(s) > 1 or len(t) > 1 for s, t in groups),
-               "covered_bytes": a.covered_bytes, "content_bytes": a.content_bytes, "outside_topk": 0,
+               "covered_bytes": a.covered_bytes, "content_bytes": a.content_bytes, "not_utf8_bytes": a.not_utf8_bytes,
+               "outside_topk": 0,
                "bad_utf8": int(bad_utf8)}
         if offline:
             top_i, top_l = row["topk_ids"], row["topk_logprobs"]
@@ -151,10 +166,12 @@ def encode(ds: datasets.Dataset, pair: Pair, cfg: KDConfig) -> tuple[datasets.Da
     covered, total = sum(encoded["covered_bytes"]), sum(encoded["content_bytes"])
     stats.update(spans=sum(encoded["spans"]), split_spans=sum(encoded["split_spans"]),
                  alignment_coverage=round(covered / total, 6) if total else 1.0,
+                 not_utf8_share=round(sum(encoded["not_utf8_bytes"]) / total, 6) if total else 0.0,
                  teacher_tokens_outside_topk=sum(encoded["outside_topk"]), completions_not_utf8=sum(encoded["bad_utf8"]))
     if offline:
         stats["topk"] = max((len(r) for rows in encoded["xt_t_ids"][:50] for r in rows), default=0)
-    drop = ["length", "spans", "split_spans", "covered_bytes", "content_bytes", "outside_topk", "bad_utf8"]
+    drop = ["length", "spans", "split_spans", "covered_bytes", "content_bytes", "not_utf8_bytes", "outside_topk",
+            "bad_utf8"]
     return encoded.remove_columns(drop), stats
 
 
