@@ -545,3 +545,154 @@ def test_engine_dtype_auto_follows_the_cpu(monkeypatch):
     assert vllm_backend.engine_dtype("auto") == "bfloat16"
     monkeypatch.setattr(vllm_backend, "cpu_only", lambda: False)
     assert vllm_backend.engine_dtype("auto") == "auto"  # on a GPU vLLM's own choice
+
+
+# ------------------------------------------------------------------------------ progress: tokens, rate, ETA
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _bar_line(bar, elapsed: float) -> str:
+    """The bar as tqdm draws it `elapsed` seconds after its start (tqdm's own formatter and fields)."""
+    from tqdm import tqdm
+
+    return tqdm.format_meter(**{**bar.format_dict, "elapsed": elapsed})
+
+
+def test_progress_counts_engine_tokens_and_estimates_eta_from_them():
+    import io
+
+    from pipeline.backends.base import GenResult
+
+    clock = FakeClock()
+    stats = generate.RunStats(samples=10, max_tokens=100, clock=clock)
+    bar = generate.progress_bar(stats, file=io.StringIO())
+
+    # a minute in, no sample finished, the engine has generated 600 tokens: 10 tok/s; until a sample
+    # finishes each is expected to take max_tokens, 1000 in all: 400 left, 40 s
+    clock.t = 60.0
+    stats.engine(600)
+    assert (stats.generated(), stats.expected(), stats.rate(), stats.eta()) == (600, 1000, 10.0, 40.0)
+    generate.draw(bar, stats)
+    line = _bar_line(bar, 60.0)
+    assert "600/1.00k tok [01:00<00:40, tok/s=10 (engine), samples=0/10, errors=0]" in line, line
+    assert line.startswith("generate:  60%")
+
+    # two samples of 200 tokens and one failed: the mean of the successful ones (200) prices the 7 left
+    clock.t = 90.0
+    for i, (tokens, error) in enumerate([(200, None), (200, None), (None, "HTTP 500")]):
+        stats.add(GenResult(f"p{i}", 0, completion_tokens=tokens, error=error))
+    stats.engine(900)
+    assert (stats.generated(), stats.expected(), stats.rate(), stats.eta()) == (900, 400 + 7 * 200, 10.0, 90.0)
+    generate.draw(bar, stats)
+    assert "900/1.80k tok [01:30<01:30, tok/s=10 (engine), samples=3/10, errors=1]" in _bar_line(bar, 90.0)
+
+    # the backend can no longer tell (a metrics read failed): the finished samples' tokens count
+    stats.engine(None)
+    assert (stats.generated(), stats.expected()) == (400, 1800) and stats.eta() == pytest.approx(1400 / (400 / 90))
+    assert stats.postfix()["tok/s"] == "4 (finished)"
+
+    # in-flight samples already longer than the mean: the estimate grows with them instead of hitting 0
+    stats.engine(1850)
+    assert stats.expected() == 1850 + 7 and stats.eta() > 0
+
+    # every sample in: their own counts are exact, the bar is full, the summary's rate is the same
+    clock.t = 180.0
+    for i in range(7):
+        stats.add(GenResult(f"q{i}", 0, completion_tokens=200))
+    stats.end = clock.t
+    assert (stats.generated(), stats.expected(), stats.eta()) == (1800, 1800, 0.0)
+    assert stats.rate() == 10.0 == stats.tokens / stats.seconds()
+    generate.draw(bar, stats)
+    assert "1.80k/1.80k tok [03:00<00:00, tok/s=10 (engine), samples=10/10, errors=1]" in _bar_line(bar, 180.0)
+    bar.close()
+
+
+def test_openai_backend_reads_vllm_generation_token_counter():
+    from pipeline.backends.openai_backend import generation_tokens
+
+    metrics = ('# HELP vllm:generation_tokens_total Number of generation tokens processed.\n'
+               '# TYPE vllm:generation_tokens_total counter\n'
+               'vllm:generation_tokens_total{engine="0",model_name="m"} 1234.0\n'
+               'vllm:generation_tokens_total{engine="1",model_name="m"} 66.0\n'
+               'vllm:generation_tokens_created{engine="0",model_name="m"} 1.7e9\n'
+               'vllm:prompt_tokens_total{engine="0",model_name="m"} 999.0\n')
+    assert generation_tokens(metrics) == 1300.0
+    assert generation_tokens("# a server that is not vLLM\nhttp_requests_total 5\n") is None
+
+
+def test_openai_metrics_count_is_reported_and_a_failing_read_falls_back(problems_file, tmp_path):
+    """A vLLM-like server's /metrics counter is reported as tokens since the run began; a server whose
+    /metrics fails makes the backend say None once (fall back to the finished samples) and the run goes on."""
+    import asyncio
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from pipeline.backends.openai_backend import OpenAITeacher
+
+    counter = {"value": 1000.0, "fail": False}
+
+    class Metrics(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = f'vllm:generation_tokens_total{{engine="0"}} {counter["value"]}\n'.encode()
+            self.send_response(500 if counter["fail"] else 200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    teacher = OpenAITeacher.__new__(OpenAITeacher)  # no preflight: only the counting task is exercised
+    teacher.base_urls = [f"http://127.0.0.1:{server.server_address[1]}/v1"]
+    teacher.metrics_every_s = 0.05
+    seen: list = []
+
+    def on_tokens(tokens):
+        seen.append(tokens)
+        counter["value"] += 50  # the server keeps generating
+        counter["fail"] = len(seen) >= 3
+
+    try:
+        asyncio.run(asyncio.wait_for(teacher._count_tokens(on_tokens), timeout=10))
+    finally:
+        server.shutdown()
+    assert seen == [0, 50, 100, None]
+
+
+@pytest.mark.slow
+def test_vllm_backend_reports_tokens_before_any_sample_finishes(tiny_model, tmp_path):
+    """In-process vLLM: the token count comes from the engine while requests run, not when they end."""
+    script = f"""
+import json
+from pipeline.backends.base import GenRequest
+from pipeline.backends.vllm_backend import VLLMTeacher
+from pipeline.core.config import SamplingConfig, TeacherConfig
+
+teacher = VLLMTeacher(TeacherConfig(model={tiny_model!r}, backend="vllm", dtype="float32", enforce_eager=True,
+                                    max_model_len=1024), SamplingConfig(n=1, max_tokens=32))
+events = []
+teacher.token_report_s = 0.0
+teacher.on_tokens = lambda t: events.append(["tokens", t])
+msgs = [{{"role": "user", "content": "What is 2 + 2?"}}]
+teacher.generate([GenRequest("p", s, msgs, s) for s in range(4)],
+                 lambda r: events.append(["result", r.completion_tokens]))
+teacher.close()
+print("EVENTS " + json.dumps(events))
+"""
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    events = json.loads(p.stdout.split("EVENTS ", 1)[1])
+    first_result = next(i for i, (kind, _) in enumerate(events) if kind == "result")
+    early = [t for kind, t in events[:first_result] if kind == "tokens"]
+    assert early and early[-1] > 0, events  # tokens counted before any sample was finished
+    counts = [t for kind, t in events if kind == "tokens"]
+    assert counts == sorted(counts)  # a running total
+    assert counts[-1] == sum(t for kind, t in events if kind == "result")  # that ends at the samples' own counts

@@ -2,6 +2,9 @@
 
 A backend gets a list of `GenRequest` (one per (id, sample)) and calls `on_result` once per request as
 soon as that request is finished, so the caller can write results to disk while the rest are running.
+A caller that wants live progress sets `teacher.on_tokens` before `generate`: the backend then calls it
+with the completion tokens generated so far in this call, as the engine counts them (unfinished requests
+included), or with None when it can no longer tell (the caller falls back to the finished results).
 """
 
 from __future__ import annotations
@@ -40,10 +43,12 @@ class GenResult:
 
 
 OnResult = Callable[[GenResult], None]
+OnTokens = Callable[[int | None], None]
 
 
 class Teacher(Protocol):
     name: str  # model id (+ revision) as recorded in the traces
+    on_tokens: OnTokens | None  # optional, set by the caller: live generated-token counts (see above)
 
     def generate(self, requests: list[GenRequest], on_result: OnResult) -> None: ...
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
 
+import httpx
 import openai
 
 from ..core.config import SamplingConfig, TeacherConfig
 from ..core.errors import DistillError
-from .base import GenRequest, GenResult, OnResult, teacher_name
+from .base import GenRequest, GenResult, OnResult, OnTokens, teacher_name
 
 # Worth another try: the server or the network may recover. Anything else (400, 401, 404) is final.
 RETRYABLE = (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
@@ -27,6 +29,9 @@ def backoff_seconds(attempt: int, base: float = 0.5, cap: float = 30.0) -> float
 
 
 class OpenAITeacher:
+    on_tokens: OnTokens | None = None
+    metrics_every_s = 2.0  # how often a vLLM server's /metrics is read (also the timeout of one read)
+
     def __init__(self, cfg: TeacherConfig, sampling: SamplingConfig, *, base_urls: list[str]):
         if not base_urls:
             raise TeacherServerError("teacher.backend is 'openai' but teacher.base_urls is empty; "
@@ -93,11 +98,39 @@ class OpenAITeacher:
                     return
                 on_result(await self._one(req, clients, turn))
 
+        counting = None
+        if self.on_tokens is not None and self.is_vllm:
+            counting = asyncio.create_task(self._count_tokens(self.on_tokens))
         try:
             await asyncio.gather(*(worker() for _ in range(min(self.cfg.concurrency, len(requests)) or 1)))
         finally:
+            if counting is not None:
+                counting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await counting
             for c in clients:
                 await c.close()
+
+    async def _count_tokens(self, on_tokens: OnTokens) -> None:
+        """Report the servers' own count of generated tokens (`vllm:generation_tokens_total` on /metrics,
+        summed over the servers, counted from when the run began) every `metrics_every_s`. Runs beside the
+        requests, never in their way; the first read that fails or lacks the counter reports None and ends
+        it (the caller then counts finished results). Tokens other clients get from the same servers count too."""
+        urls = [u.removesuffix("/v1") + "/metrics" for u in self.base_urls]
+        start = None
+        async with httpx.AsyncClient(timeout=self.metrics_every_s) as http:
+            while True:
+                try:
+                    counts = [generation_tokens((await http.get(u)).raise_for_status().text) for u in urls]
+                    if None in counts:
+                        raise ValueError("no vllm:generation_tokens_total")
+                except Exception:
+                    on_tokens(None)
+                    return
+                total = sum(counts)
+                start = total if start is None else start
+                on_tokens(int(total - start))
+                await asyncio.sleep(self.metrics_every_s)
 
     async def _one(self, req: GenRequest, clients, turn) -> GenResult:
         kwargs = self._request_kwargs(req)
@@ -134,6 +167,17 @@ def _retry_after(e: Exception, cap: float = 60.0) -> float:
 
 def _short(e: Exception) -> str:
     return str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+
+
+GENERATION_TOKENS = "vllm:generation_tokens_total"
+
+
+def generation_tokens(metrics: str) -> float | None:
+    """vLLM's generated-token counter in a Prometheus /metrics text, summed over its label sets (engines,
+    models); None when the text has no such counter (not a vLLM server)."""
+    values = [float(line.rsplit(None, 1)[1]) for line in metrics.splitlines()
+              if line.startswith(GENERATION_TOKENS) and line[len(GENERATION_TOKENS):][:1] in ("{", " ")]
+    return sum(values) if values else None
 
 
 def _token_id(token: str) -> int | None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 
 from ..core.config import SamplingConfig, TeacherConfig
-from .base import GenRequest, GenResult, OnResult, teacher_name
+from .base import GenRequest, GenResult, OnResult, OnTokens, teacher_name
 from .prompts import render_prompt_ids
 
 
 class TransformersTeacher:
+    on_tokens: OnTokens | None = None
+
     def __init__(self, cfg: TeacherConfig, sampling: SamplingConfig):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -28,11 +30,15 @@ class TransformersTeacher:
 
     def generate(self, requests: list[GenRequest], on_result: OnResult) -> None:
         bs = max(1, self.cfg.batch_size)
+        tokens = 0
         for start in range(0, len(requests), bs):
             batch = requests[start:start + bs]
             torch.manual_seed(batch[0].seed)  # reproducible for the same batch; resumed batches may differ
             for result in self._batch(batch):
+                tokens += result.completion_tokens
                 on_result(result)
+            if self.on_tokens is not None:  # a batch is generated as a whole: its tokens count when it ends
+                self.on_tokens(tokens)
 
     @torch.no_grad()
     def _batch(self, batch: list[GenRequest]) -> list[GenResult]:

@@ -4,9 +4,10 @@ over as each one finishes, so continuous batching stays full while the caller wr
 from __future__ import annotations
 
 import os
+import time
 
 from ..core.config import SamplingConfig, TeacherConfig
-from .base import GenRequest, GenResult, OnResult, teacher_name
+from .base import GenRequest, GenResult, OnResult, OnTokens, teacher_name
 from ..core.hardware import cpu_has_bf16
 from .prompts import cpu_only, render_prompt_ids
 
@@ -40,6 +41,9 @@ def set_cpu_env(cfg: TeacherConfig) -> None:
 
 
 class VLLMTeacher:
+    on_tokens: OnTokens | None = None
+    token_report_s = 0.5  # at most this often: the count walks every unfinished request
+
     def __init__(self, cfg: TeacherConfig, sampling: SamplingConfig):
         set_cpu_env(cfg)
         from vllm import LLM
@@ -72,11 +76,22 @@ class VLLMTeacher:
         by_id = dict(zip(external, requests))
         internal_of = dict(zip(external, internal))
         engine = self.llm.llm_engine
+        on_tokens, reported, finished_tokens = self.on_tokens, 0.0, 0
         try:
             while engine.has_unfinished_requests():
                 for out in engine.step():
                     if out.finished:
-                        on_result(to_result(by_id.pop(out.request_id), out, self.sampling.logprobs))
+                        result = to_result(by_id.pop(out.request_id), out, self.sampling.logprobs)
+                        finished_tokens += result.completion_tokens
+                        on_result(result)
+                if on_tokens is not None and time.monotonic() - reported >= self.token_report_s:
+                    live = live_tokens(engine)
+                    if live is None:  # cannot tell: say so once, and stop asking
+                        on_tokens(None)
+                        on_tokens = None
+                    else:
+                        on_tokens(finished_tokens + live)
+                    reported = time.monotonic()
         finally:
             if by_id:  # interrupted: drop what is still queued so the engine can be reused or shut down
                 engine.abort_request([internal_of[e] for e in by_id], internal=True)
@@ -86,6 +101,17 @@ class VLLMTeacher:
         core = getattr(engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
+
+
+def live_tokens(engine) -> int | None:
+    """Completion tokens generated so far by the requests still in the engine. `LLM` asks for final outputs
+    only, so `step()` says nothing of unfinished requests: this reads the engine's own per-request token
+    lists (vLLM 0.32's output processor). None where this vLLM has no such state."""
+    try:
+        return sum(state.detokenizer.num_output_tokens()
+                   for state in engine.output_processor.request_states.values() if state.detokenizer is not None)
+    except Exception:  # another vLLM layout: the caller falls back to the finished results
+        return None
 
 
 def to_result(req: GenRequest, out, k: int) -> GenResult:

@@ -109,7 +109,7 @@ class GenerateConfig:
     retry_failed: bool = opt(False, "re-ask only the rows that failed in an earlier run")
     push_to_hub: str | None = opt(None, "Hub dataset repo id to push the finished dataset to (token from the env or "
                                         "`hf auth login`)")
-    progress: bool = opt(True, "progress bar (samples/s, tokens/s, errors)", operational=True)
+    progress: bool = opt(True, "progress bar (tokens generated of expected, tok/s, ETA, samples, errors)", operational=True)
 
 
 @dataclass

@@ -60,7 +60,7 @@ def run(cfg: GenerateConfig) -> dict:
     if skipped:
         logger.info(f"generate: resuming, {skipped} of {len(requests)} rows already in {store.shards}")
 
-    stats = RunStats()
+    stats = RunStats(samples=len(pending), max_tokens=cfg.sampling.max_tokens)
     if pending:
         store.mark_incomplete()  # an older complete dataset/ must not outlive a run that extends it
         by_problem = current
@@ -68,16 +68,25 @@ def run(cfg: GenerateConfig) -> dict:
             teacher = make_teacher(cfg.teacher, cfg.sampling, base_urls=urls)
             name = teacher_name(cfg.teacher)
             buffer: list[dict] = []
-            bar = tqdm(total=len(pending), unit="sample", desc="generate", disable=not cfg.progress)
-            last_flush = time.monotonic()
+            bar = progress_bar(stats, disable=not cfg.progress)
+            last_flush = last_draw = time.monotonic()
+
+            def redraw() -> None:
+                nonlocal last_draw
+                if time.monotonic() - last_draw >= 0.5:
+                    draw(bar, stats)
+                    last_draw = time.monotonic()
+
+            def on_tokens(tokens: int | None) -> None:
+                stats.engine(tokens)
+                redraw()
 
             def on_result(result: GenResult) -> None:
                 nonlocal last_flush
                 req = by_key[(result.id, result.sample)]
                 buffer.append(trace_row(by_problem[result.id], req, result, name, cfg))
                 stats.add(result)
-                bar.update(1)
-                bar.set_postfix(stats.postfix(), refresh=False)
+                redraw()
                 # flush by size, and by time so a slow run keeps its progress too
                 if len(buffer) >= cfg.shard_size or time.monotonic() - last_flush > 60:
                     store.write_shard(buffer)
@@ -85,13 +94,16 @@ def run(cfg: GenerateConfig) -> dict:
                     last_flush = time.monotonic()
 
             by_key = {(r.id, r.sample): r for r in pending}
+            teacher.on_tokens = on_tokens
             try:
                 stats.start = time.monotonic()  # throughput counts generation, not model loading
+                bar.reset(total=stats.expected())  # the bar's clock too
                 teacher.generate(pending, on_result)
             finally:
                 stats.end = time.monotonic()
                 if buffer:  # finished rows are complete: keep them even on Ctrl-C or an error
                     store.write_shard(buffer)
+                draw(bar, stats)
                 bar.close()
                 teacher.close()
 
@@ -162,12 +174,21 @@ def trace_row(problem: dict, req: GenRequest, res: GenResult, teacher: str, cfg:
 
 
 class RunStats:
-    """Live counters for the progress bar."""
+    """Counters of a run: the finished samples and their tokens (what the summary reports), and the
+    progress estimate. With every request queued at once, finished samples arrive late and say little
+    about speed, so progress is counted in generated tokens: the backend's live count of them (unfinished
+    requests included; `engine`) where it reports one, else the finished samples' tokens. The run is
+    expected to generate the finished tokens plus, for each sample left, the mean of the finished
+    successful samples (`max_tokens` until one finishes): rate = generated / seconds,
+    ETA = (expected - generated) / rate."""
 
-    def __init__(self):
-        self.start = time.monotonic()  # reset when generation starts
+    def __init__(self, samples: int = 0, max_tokens: int = 0, clock=time.monotonic):
+        self.clock = clock
+        self.start = clock()  # reset when generation starts
         self.end: float | None = None
         self.samples = self.errors = self.tokens = self.retries = 0
+        self.expected_samples, self.max_tokens = samples, max_tokens
+        self.engine_tokens: int | None = None
 
     def add(self, r: GenResult) -> None:
         self.samples += 1
@@ -175,12 +196,52 @@ class RunStats:
         self.tokens += r.completion_tokens or 0
         self.retries += r.retries
 
+    def engine(self, tokens: int | None) -> None:
+        """The backend's count of tokens generated so far; None: it can no longer tell."""
+        self.engine_tokens = tokens
+
     def seconds(self) -> float:
-        return max((self.end or time.monotonic()) - self.start, 1e-9)
+        return max((self.end or self.clock()) - self.start, 1e-9)
+
+    def generated(self) -> int:
+        if self.engine_tokens is None or self.samples >= self.expected_samples:
+            return self.tokens  # once every sample is in, their own counts are exact
+        return max(self.engine_tokens, self.tokens)
+
+    def expected(self) -> int:
+        left = max(self.expected_samples - self.samples, 0)
+        ok = self.samples - self.errors
+        per_sample = self.tokens / ok if ok else self.max_tokens
+        # every sample left needs at least one more token, however short the finished ones were
+        return max(round(self.tokens + left * per_sample), self.generated() + left)
+
+    def rate(self) -> float:
+        return self.generated() / self.seconds()
+
+    def eta(self) -> float | None:
+        rate = self.rate()
+        return (self.expected() - self.generated()) / rate if rate else None
 
     def postfix(self) -> dict:
-        dt = self.seconds()
-        return {"samples/s": f"{self.samples / dt:.2f}", "tok/s": f"{self.tokens / dt:.0f}", "errors": self.errors}
+        source = "engine" if self.engine_tokens is not None else "finished"
+        return {"tok/s": f"{self.rate():.0f} ({source})", "samples": f"{self.samples}/{self.expected_samples}",
+                "errors": self.errors}
+
+
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} tok [{elapsed}<{remaining}{postfix}]"
+
+
+def progress_bar(stats: RunStats, *, disable: bool = False, **kw) -> tqdm:
+    """The generate bar counts tokens (`RunStats`): generated of expected. With smoothing 0 tqdm's rate is
+    generated / elapsed, so its own ETA is (expected - generated) / rate, the same as `RunStats.eta`."""
+    return tqdm(total=stats.expected(), unit="tok", unit_scale=True, smoothing=0, desc="generate",
+                bar_format=BAR_FORMAT, disable=disable, **kw)
+
+
+def draw(bar: tqdm, stats: RunStats) -> None:
+    bar.total = stats.expected()
+    bar.n = stats.generated()
+    bar.set_postfix(stats.postfix())  # redraws
 
 
 def summarize(dataset, cfg: GenerateConfig, stats: RunStats, *, wall_s: float, reused: int) -> dict:
