@@ -446,6 +446,19 @@ def test_the_loss_is_trls_own_from_the_trained_positions_only(tiny_model, train_
     assert trainer.loss_is_scaled_for_ga and trainer.model_accepts_loss_kwargs
 
 
+def test_kernels_capped_at_avx2_mean_no_bf16(monkeypatch):
+    """Run "as AVX2" (tests/README.md), the process must choose as an AVX2-only CPU does: fp32, not bf16."""
+    from pipeline.core import hardware
+
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert hardware.cpu_has_bf16() is False
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    assert hardware.cpu_has_bf16() is False
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    flags = open("/proc/cpuinfo").read()
+    assert hardware.cpu_has_bf16() is ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
 def test_precision_auto_follows_the_hardware(monkeypatch):
     from pipeline.core import hardware
     from pipeline.train import common
