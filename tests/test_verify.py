@@ -52,7 +52,8 @@ def test_table_is_big_balanced_and_sourced():
     assert all(src for *_, src in CASES)
     sources = {src for *_, src in CASES}
     for wanted in ("unboxed answers", "relations", "equations", "several boxes", "matrices", "no number read out",
-                   "decimal commas", "\\text{E}", "chat-template tails"):
+                   "decimal commas", "\\text{E}", "chat-template tails", "decimals to 4-5 places", "times -1",
+                   "matrices in parentheses", "lines after"):
         assert any(wanted in s for s in sources), wanted
     assert {"project table", "math500", "gsm8k"} <= {s.split(":")[0] for s in sources}
 
@@ -92,15 +93,29 @@ def _step_box_first(gold, completion):
 
 
 def _step_clean(gold, completion):
+    _, verify, configs, _ = A.math_verify()
+    return verify(A.parse_gold(gold), A._parse(A.clean_completion(completion), configs), timeout_seconds=None)
+
+
+def _step_answer_lines(gold, completion):
     _, verify, _, _ = A.math_verify()
     return verify(A.parse_gold(gold), A.parse_prediction(completion), timeout_seconds=None)
+
+
+def _step_precision(gold, completion):
+    _, verify, _, _ = A.math_verify()
+    gp, pp = A.parse_gold(gold), A.parse_prediction(completion)
+    return verify(gp, pp, float_rounding=A.float_rounding(gp, pp), timeout_seconds=None)
 
 
 DEVIATIONS = (
     ("a bare gold is read as boxed LaTeX or as math-verify's number (both readings for a,b)", _step_gold),
     ("the last box is tried first (boxed_match_priority=0, as lighteval and math-verify's tests do)",
      _step_box_first),
-    ("the completion is cleaned (template tail, \\fbox, empty or full-stopped box, \\$ before a number)", _step_clean),
+    ("the completion is cleaned (template tail, \\fbox, empty or full-stopped box or math, \\big(, smallmatrix, "
+     "\\$ before a number)", _step_clean),
+    ("the lines after an \"answer\" that ends its line are all read (several differing: one set)", _step_answer_lines),
+    ("a decimal of 4-5 places against a fraction is compared at its places", _step_precision),
     ("plain-text golds compare as normalised text", lambda g, c: verify_inline(g, c).correct),
 )
 
@@ -154,6 +169,9 @@ def test_result_object():
     ("\\text{Monday}", "\\boxed{\\text{Tuesday}}", False, "\\text{Tuesday}", REASON_NOT_EQUAL),
     ("Monday", "The answer is Monday.", True, "Monday", REASON_CORRECT),
     ("3", "the ratio is \\frac{1}{3}", False, "\\frac{1}{3}", REASON_NOT_EQUAL),
+    ("\\frac{1}{3}", "\\boxed{0.3333}", True, "0.3333", REASON_CORRECT),
+    ("5", "The answer is\n\n3\n\nor maybe 5", False, "3, 5", REASON_NOT_EQUAL),  # both lines: one set
+    ("9", "Answer $ \n 9 \n $", False, None, REASON_NO_ANSWER),  # inline math spread over lines
 ])
 def test_reason_and_predicted(pool, gold, completion, correct, predicted, reason):
     r = verify_answer(gold, completion)
@@ -174,9 +192,29 @@ def test_reason_and_predicted(pool, gold, completion, correct, predicted, reason
     ("it costs \\$1,250.50 in total", "1250.50"),
     ("the value is \\frac{10}{9}", "\\frac{10}{9}"),  # never the 9 out of it
     ("So 12<|im_start|>user\nwhat is 5?", "12"),
+    ("Answer:\n x = 2\n y = 3", "2, 3"),
+    ("The answer is:\n\n16\n\nI hope this helps!", "16"),
+    ("Let me check my answer\n2 + 3 = 5\nso the total is 5", "5"),  # not the 2 out of "2 + 3"
+    ("the line is $$x - y + 1 = 0.$$", "x - y + 1 = 0"),
+    ("\\boxed{\\bigl(\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}\\bigr)}", "(\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix})"),
 ])
 def test_extract_answer(completion, expected):
     assert extract_answer(completion) == expected
+
+
+@pytest.mark.parametrize("gold, answer, places", [
+    ("\\frac{1}{3}", "0.3333", 4),
+    ("\\frac{1}{3}", "0.33333", 5),
+    ("\\frac{1}{3}", "0.333333", 6),
+    ("\\frac{1}{3}", "0.333", 6),  # fewer than 4 places: math-verify's 6
+    ("(\\frac{3}{5}, \\frac{8}{3}]", "(0.6, 2.6667]", 4),  # the fewest of those written to 4 or more
+    ("0.3333", "\\frac{1}{3}", 4),  # a gold decimal against an exact answer
+    ("0.333333", "0.3333", 6),  # decimals on both sides
+    ("\\pi", "3.1416", 6),  # not a fraction
+    ("\\sqrt{2}", "1.4142", 6),
+])
+def test_float_rounding_takes_the_places_written(gold, answer, places):
+    assert A.float_rounding(A.parse_gold(gold), A.parse_prediction("\\boxed{" + answer + "}")) == places
 
 
 def test_text_gold_rule_is_only_for_words():

@@ -7,19 +7,30 @@ says where the case came from:
 - "issue 12: ...": written afresh for the answer forms the verification issue lists (unboxed LaTeX, relations,
   equations, several boxes, matrices, no number read out of an expression, decimal commas and spaced
   thousands, `\text{E}`, chat-template tails);
+- "held-out misses: ...": the kinds of miss a held-out labelled set found (decimals written to 4-5 places
+  against fractions, equations times -1, matrices in parentheses, answers set out over the lines after
+  "answer"), each with wrong variants beside the right ones;
 - "math500:<id>", "gsm8k:<id>": real benchmark golds from data/benchmarks against their own reference
   solutions (correct) or another problem's (wrong, only where both golds are different integers, so the
   label is certain).
 
 Decisions on ambiguous equivalences (math-verify's, unless said otherwise):
 - percentages: a percentage equals its number and its value: 50% == 50 == 0.5. 50% != 5.
-- decimals vs fractions: equal when they agree to 6 decimal places: 1/3 == 0.333333, but 1/3 != 0.33.
+- decimals vs fractions: equal when they agree to 6 decimal places (math-verify's float_rounding): 1/3 ==
+  0.333333; a decimal written to 4 or 5 places is compared at those places (the project's rule, answers.py):
+  1/3 == 0.3333, (3/5, 8/3] == (0.6, 2.6667], but 2/3 != 0.6666 (cut, not rounded); fewer places must be
+  exact: 1/3 != 0.333, != 0.33, also inside a matrix (math-verify's own test accepts 0.33 there only at
+  float_rounding=2).
+- equations: equal when they are the same relation (math-verify: lhs - rhs equal, flipped, or the same
+  solutions): x - y + 1 = 0 == -x + y - 1 = 0 == 2x - 2y + 2 = 0 == y = x + 1; a changed constant is wrong.
+- matrices: parentheses around a matrix (\left( \right), \bigl( \bigr)) are typography: (M) == M.
 - pi is not 3.14 (nor 3.14159).
 - units, degrees, currency: dropped (5 cm == 5, 30^\circ == 30, \$18 == 18, "18 dollars" == 18).
 - thousands separators: 1,000 == 1000 == 1 000; a decimal comma reads as a decimal point (1000,99 ==
   1000.99); a bare gold "a,b" that is no thousands group (1,3) also reads as the list {a, b} (the project's rule).
 - sets ignore order, tuples and intervals do not; several boxes joined by commas or "and" are one set.
-- a partial answer to a multi-part gold is wrong.
+- a partial answer to a multi-part gold is wrong; answers on several lines after "answer is" / "Answer:" are
+  all of them (one set), so a gold equal to one line is wrong ("The answer is\n\n3\n\nor maybe 5" != 5).
 - plain-text golds compare as normalised strings (the project's rule): "Monday" == "\text{monday}", "yes" != "sey".
 - an equation or assignment answers a numeric gold by its right side: x = 3 == 3; relations compare as
   relations (x \geq 5 == 5 \leq x).
@@ -397,6 +408,92 @@ ISSUE_12: dict[str, list[tuple[str, str, bool]]] = {
 }
 
 
+_M = "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}"
+_MB = "\\begin{bmatrix} 1 & 2 \\\\ 3 & 4 \\end{bmatrix}"
+_MT = "\\begin{pmatrix} 1 & 3 \\\\ 2 & 4 \\end{pmatrix}"
+_V = "\\begin{pmatrix} 3 \\\\ -1 \\end{pmatrix}"
+_F = "\\begin{pmatrix} \\frac{1}{3} \\\\ \\frac{1}{5} \\end{pmatrix}"
+
+HELD_OUT_MISSES: dict[str, list[tuple[str, str, bool]]] = {
+    "decimals to 4-5 places against fractions": [
+        ("\\frac{1}{3}", bx("0.3333"), True),
+        ("\\frac{1}{3}", bx("0.33333"), True),
+        ("\\frac{1}{3}", bx("0.3334"), False),
+        ("\\frac{1}{3}", bx("0.3"), False),
+        ("\\frac{2}{3}", bx("0.6667"), True),
+        ("\\frac{2}{3}", bx("0.6666"), False),  # cut, not rounded (math-verify rounds)
+        ("\\frac{2}{3}", bx("0.667"), False),
+        ("\\frac{1}{12}", "The probability is $0.0833$.", True),
+        ("\\frac{1}{7}", bx("0.1429"), True),
+        ("\\frac{1}{7}", bx("0.1428"), False),
+        ("(\\frac{3}{5}, \\frac{8}{3}]", bx("(0.6, 2.6667]"), True),
+        ("(\\frac{3}{5}, \\frac{8}{3}]", bx("(0.6, 2.67]"), False),
+        ("(\\frac{3}{5}, \\frac{8}{3}]", bx("[0.6, 2.6667]"), False),
+        ("(\\frac{3}{5}, \\frac{8}{3}]", bx("(0.5, 2.6667]"), False),
+        ("(1, \\frac{9}{2})", bx("(1, 4.5)"), True),
+        ("0.3333", bx("\\frac{1}{3}"), True),  # a gold given to 4 places, an exact answer that rounds to it
+        ("0.333333", bx("0.3333"), False),  # an answer less precise than the gold
+        (_F, bx("\\begin{pmatrix} 0.3333 \\\\ 0.2 \\end{pmatrix}"), True),
+        (_F, bx("\\begin{pmatrix} 0.33 \\\\ 0.2 \\end{pmatrix}"), False),  # 0.33 != 1/3 here as alone
+        ("\\pi", bx("3.1416"), False),  # not a fraction: 6 places, as pi != 3.14159
+        ("\\sqrt{2}", bx("1.4142"), False),
+    ],
+    "equations against the same equation times -1": [
+        ("x - y + 1 = 0", bx("-x + y - 1 = 0"), True),
+        ("x - y + 1 = 0", "So the line is $-x + y - 1 = 0$.", True),
+        ("x - y + 1 = 0", "Hence the equation of the line is $$y - x - 1 = 0.$$", True),
+        ("x - y + 1 = 0", "Hence the equation of the line is $$y - x + 1 = 0.$$", False),
+        ("x - y + 1 = 0", bx("-x + y + 1 = 0"), False),
+        ("x - y + 1 = 0", bx("2x - 2y + 2 = 0"), True),
+        ("x - y + 1 = 0", bx("2x - 2y + 1 = 0"), False),
+        ("y = 2x + 3", bx("2x - y + 3 = 0"), True),
+        ("y = 2x + 3", bx("-2x + y - 3 = 0"), True),
+        ("y = 2x + 3", bx("2x - y - 3 = 0"), False),
+        ("y = 2x + 3", bx("4x - 2y + 3 = 0"), False),
+        ("2x - y + 3 = 0", "The line is $y = 2x + 3$.", True),
+        ("2x - y + 3 = 0", "The line is $y = 3x + 2$.", False),
+        ("34x+45y-20z+100=0", "$-34x-45y+20z-100=0$", True),
+        ("34x+45y-20z+100=0", "$-34x-45y+20z+100=0$", False),
+        ("x^2 + y^2 = 4", bx("-x^2 - y^2 = -4"), True),
+        ("x^2 + y^2 = 4", bx("-x^2 - y^2 = 4"), False),
+    ],
+    "matrices in parentheses": [
+        (_M, bx("\\left(" + _M + "\\right)"), True),
+        (_M, bx("(" + _MB + ")"), True),
+        ("\\left(" + _M + "\\right)", bx(_M), True),
+        ("(" + _MB + ")", "So\n$$" + _M + "$$", True),
+        (_M, "The matrix is \\[\\left(" + _M + "\\right).\\]", True),
+        (_M, bx("\\bigl(" + _M + "\\bigr)"), True),
+        (_M, bx("\\left(\\begin{smallmatrix} 1 & 2 \\\\ 3 & 4 \\end{smallmatrix}\\right)"), True),
+        (_M, bx("\\left(" + _MT + "\\right)"), False),
+        (_M, bx("(" + _MT.replace("pmatrix", "bmatrix") + ")"), False),
+        (_M, "The matrix is \\[\\left(" + _MT + "\\right).\\]", False),
+        (_M, bx("\\bigl(" + _MT + "\\bigr)"), False),
+        (_V, bx("\\left(" + _V + "\\right)"), True),
+        (_V, bx("\\left(\\begin{pmatrix} -1 \\\\ 3 \\end{pmatrix}\\right)"), False),
+    ],
+    "answers set out on the lines after \"answer\"": [
+        ("9", "Answer $ \n 9 \n $", False),  # inline math across lines is not read (math-verify's tests)
+        ("9", "Answer \\( \n 9 \n \\)", False),
+        ("9", "Answer \\[ \n 9 \n \\]", True),  # display math may span lines
+        ("9", "Answer $$ \n 9 \n $$", True),
+        ("5", "The answer is\n\n3\n\nor maybe 5", False),
+        ("3", "The answer is\n\n3\n\nor maybe 5", False),
+        ("3", "Answer:\n x = 2\n y = 3", False),
+        ("2", "Answer:\n x = 2\n y = 3", False),
+        ("x = 2, y = 3", "Answer:\n x = 2\n y = 3", True),
+        ("5", "The answer is:\n$3$\n\nor maybe $5$", False),
+        ("12", "Final answer\n12\n13", False),
+        ("16", "The answer is:\n\n16", True),
+        ("18", "So the answer is\n\n18\n\nI hope this helps!", True),
+        ("16", "**Final Answer**\n\n16\n\nJanet makes 16 dollars a day.", True),
+        ("3", "Let me check my answer\n2 + 3 = 5\n5 - 2 = 3\nSo the total is 3", True),
+        ("2", "Let me check my answer\n2 + 3 = 5\n5 - 2 = 3\nSo the total is 3", False),
+        ("5", "The answer is $5$.\nI could check my answer\nby substituting x = 3 back.", True),
+    ],
+}
+
+
 def _read(name: str) -> list[dict]:
     """Rows of a bundled benchmark file (data/benchmarks)."""
     path = Path(__file__).resolve().parent.parent / "data" / "benchmarks" / f"{name}_test.jsonl"
@@ -426,5 +523,6 @@ def _benchmark_cases() -> list[tuple[str, str, bool, str]]:
 CASES: list[tuple[str, str, bool, str]] = (
     [(g, c, e, "project table") for g, c, e in PROJECT_TABLE]
     + [(g, c, e, f"issue 12: {section}") for section, rows in ISSUE_12.items() for g, c, e in rows]
+    + [(g, c, e, f"held-out misses: {section}") for section, rows in HELD_OUT_MISSES.items() for g, c, e in rows]
     + _benchmark_cases()
 )

@@ -16,8 +16,19 @@ The project adds only what a measured case needs (each one pinned in tests/verif
 - plain-text golds (`Monday`, `yes`, `\\text{(C)}`) compare as normalised text: math-verify reads a word as
   a product of one-letter symbols, so "yes" would equal "sey";
 - the completion is cut at the first chat-template token (`<|im_start|>` ...), which is never answer text;
-- `\\fbox{}` and `\\boxed {}` count as `\\boxed{}`, an empty box is ignored, a trailing full stop inside a box is dropped,
-  and `\\$` before a number outside math mode is a currency sign, not a math delimiter;
+- `\\fbox{}` and `\\boxed {}` count as `\\boxed{}`, an empty box is ignored, a trailing full stop inside a box or
+  at the end of a math environment (`$$x - y + 1 = 0.$$`, `\\boxed{\\left(...\\right).}`) is dropped (latex2sympy
+  cannot read it, and math-verify then falls back to a number out of the middle), `\\big(`-style size commands
+  are dropped and `smallmatrix` is read as `matrix` (latex2sympy knows neither; math-verify already drops
+  `\\left(`/`\\right)`, so a matrix in parentheses is the matrix), and `\\$` before a number outside math mode is a
+  currency sign, not a math delimiter;
+- an answer set out on the lines after an "answer" word that ends its line ("The answer is\\n\\n3\\n\\nor maybe 5",
+  "Answer:\\n x = 2\\n y = 3") is every answer on those lines, one set, as math-verify joins several boxes: a gold
+  equal to only one of them is wrong. Inline math opened on that line and closed lines later (`Answer $\\n 9 \\n$`)
+  is no answer: math-verify does not read inline math across lines (its tests), so no number is taken out of it;
+- a decimal written to 4 or 5 places against a fraction is compared at the places it is written (math-verify's
+  `float_rounding`, which it otherwise takes as 6, lighteval's setting): 1/3 == 0.3333, (3/5, 8/3] == (0.6, 2.6667];
+  fewer places must be exact (1/3 != 0.333, != 0.33: the project's table), and irrational golds keep 6 (pi != 3.14159);
 - only the last TAIL_CHARS characters are searched (the answer is at the end; this keeps the regexes
   linear in practice on hostile megabyte-long text).
 Nothing here evaluates model text: math-verify's parser (latex2sympy's ANTLR grammar and sympy's
@@ -40,6 +51,12 @@ _BOX_OPEN = re.compile(r"\\fbox\s*\{|\\boxed\s+\{")  # \fbox{, \boxed {  ->  \bo
 _EMPTY_BOX = re.compile(r"\\boxed\s*\{\s*\}")
 _BOX_FULL_STOP = re.compile(r"(\\boxed\s*\{[^{}$]*?[^{}$.\s])\s*\.\s*\}")  # \boxed{3.} but not \boxed{3...}
 _ESCAPED_DOLLAR_NUMBER = re.compile(r"\\\$(?=\s?-?\d)")
+# A full stop closing a math environment or a bracketed group at the end of a box: `0.$$`, `\right).}`
+_MATH_FULL_STOP = re.compile(  # (not the null delimiter of \right. and the like)
+    r"(?<![.\\])(?<!\\right)(?<!\\left)(?<!\\bigr)(?<!\\Bigr)(?<!\\bigl)(?<!\\Bigl)\.[ \t]*(?=\$|\\\]|\\\))"
+    r"|(?<=[)\]}])[ \t]*\.[ \t]*(?=\})")
+_SIZE_COMMAND = re.compile(r"\\(?:big|Big|bigg|Bigg)[lrm]?\s*(?=[()\[\]|]|\\[{}|])")  # \bigl( -> (
+_SMALLMATRIX = re.compile(r"(\\(?:begin|end)\{)smallmatrix\}")
 
 # math-verify's number formats (parser.lazy_expr_regex): a bare gold matching one whole is read as that number
 _BARE_NUMBER = re.compile(
@@ -52,6 +69,21 @@ _NUMBER_WITH_UNITS = re.compile(
     rf"(?!(?:\\(?:text|mbox|mathrm)\s?\{{\s*)?{_MAGNITUDES})"
     r"(?:\\(?:text|mbox|mathrm)\s?\{\s*[A-Za-z]{2,}[A-Za-z .'/\-]*\}|[A-Za-z]{2,}[A-Za-z .'/\-]*)")
 _MATH_ENV = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed")
+
+# An answer set out on the lines after an "answer" word (see _answer_lines)
+ANSWER_LINES_MAX = 6  # more lines than this after the word are working or prose, not a list of answers
+ANSWER_LINES_CHARS = 400
+_ANSWER_WORD = re.compile(r"(?i)\banswer\b")
+_ANSWER_REST = re.compile(  # what may follow the word on its line: "is", ":", bold, a math delimiter
+    r"[ \t]*(?:\*\*)?[ \t]*(?:(?i:is|was)\b)?[ \t]*(?:\*\*)?[ \t]*:?[ \t]*(?:\*\*)?[ \t]*:?[ \t]*"
+    r"(?P<open>\$\$|\$|\\\(|\\\[)?[ \t]*")
+_ANSWER_HEAD = re.compile(r"(?i)[ \t#>*_]*(?:(?:the|my)[ \t]+)?(?:final[ \t]+)?")  # a heading: "**Final Answer**"
+_DISPLAY_MATH = re.compile(r"\$\$.*?\$\$|\\\[.*?\\\]|\\begin\{([A-Za-z]*\*?)\}.*?\\end\{\1\}", re.S)
+_LONE_INLINE = frozenset(("$", "\\(", "\\)"))
+
+# Numeric precision (see float_rounding)
+FLOAT_ROUNDING = 6  # math-verify's default float_rounding, and what lighteval's math metrics pass (5-6)
+MIN_STATED_PLACES = 4  # a decimal with fewer places is not taken as a rounding of a fraction (1/3 != 0.333)
 
 _TEXT_MACRO = re.compile(r"\\(?:text|textbf|textit|textrm|texttt|textsf|mbox|mathrm|operatorname)\s?\{([^{}]*)\}")
 _TEXT_TRIGGER = re.compile(r"\\(?:text|textbf|textit|textrm|texttt|textsf|mbox)\s?\{")
@@ -148,12 +180,84 @@ def clean_completion(text: str) -> str:
         text = _BOX_FULL_STOP.sub(r"\1}", text)
     if "\\$" in text:
         text = _ESCAPED_DOLLAR_NUMBER.sub("", text)
+    return normalise_math(text)
+
+
+def normalise_math(text: str) -> str:
+    """LaTeX that latex2sympy cannot read but means the same: a full stop ending a math environment or a
+    box after a closed group, `\\big(`-style size commands, `smallmatrix`."""
+    if "." in text:
+        text = _MATH_FULL_STOP.sub("", text)
+    if "\\big" in text or "\\Big" in text:
+        text = _SIZE_COMMAND.sub("", text)
+    if "smallmatrix" in text:
+        text = _SMALLMATRIX.sub(r"\1matrix}", text)
     return text
 
 
 def parse_prediction(completion: str) -> list:
     """math-verify's reading of a completion: [sympy value(s)..., extracted string], or [] (no answer)."""
-    return _parse(clean_completion(completion))
+    text = clean_completion(completion)
+    return _answer_lines(text, _parse(text))
+
+
+def _answer_lines(text: str, found: list) -> list:
+    """The answer when the last "answer" word ends its line (`found`, math-verify's reading, otherwise).
+
+    math-verify's anchored rules ("answer: X", "answer is X") read one value after the word and let the
+    whitespace before it run over a line break, and without them its last-number rule takes the last line:
+    "The answer is\\n\\n3\\n\\nor maybe 5" read as 5, "check my answer\\n2 + 3 = 5" as 2, whatever the lines say.
+    Here the lines after the word are read one by one (math-verify's parse of each):
+    - after a label ("answer is", "Answer:", "**Final Answer**"): lines that agree are that answer; lines that
+      differ are one set of them all (what math-verify makes of several boxes), so a gold equal to only one of
+      them is wrong. More than ANSWER_LINES_MAX lines, or ANSWER_LINES_CHARS, is working: math-verify's reading;
+    - after the word in a sentence ("... check my answer"): not a label, so the text is read as if the word
+      were not there (an earlier "answer is" if any, else math-verify's last expression);
+    - inline math opened after the word and closed lines later (`Answer $\\n 9 \\n $`) is no answer:
+      math-verify never reads inline math across lines, so no number is taken out of it either.
+    A box anywhere is the answer (math-verify's first rule); display math opened after the word is left to it.
+    """
+    if "\\boxed" in text:
+        return found
+    tail = text[-(ANSWER_LINES_CHARS + 200):]
+    word = None
+    for word in _ANSWER_WORD.finditer(tail):
+        pass
+    if word is None:
+        return found
+    eol = tail.find("\n", word.end())
+    rest = _ANSWER_REST.fullmatch(tail, word.end(), eol) if eol >= 0 else None
+    if rest is None:
+        return found  # the answer is on the word's own line: math-verify's rules read it
+    opener = rest.group("open")
+    if opener in ("$", "\\("):
+        return []
+    region = tail[eol + 1:]
+    label = bool(tail[word.end():eol].strip()) or bool(
+        _ANSWER_HEAD.fullmatch(tail, tail.rfind("\n", 0, word.start()) + 1, word.start()))
+    if opener or (label and len(region) > ANSWER_LINES_CHARS):
+        return found  # display math spans lines legitimately; a long tail is working
+    region = _DISPLAY_MATH.sub(lambda m: m.group(0).replace("\n", " "), region)
+    lines = [line.strip() for line in region.split("\n") if line.strip()]
+    if any(line in _LONE_INLINE for line in lines):
+        return []  # "Answer:\n$\n9\n$": inline math spread over lines
+    if not label:  # read the text as if this word were not there (other anchors, else the last expression)
+        at = len(text) - len(tail) + word.start()
+        return _parse(text[:at] + text[at + len(word.group(0)):])
+    if len(lines) > ANSWER_LINES_MAX:
+        return found
+    answers = [got for got in map(_parse, lines) if got and is_math(got[0])]
+    if not answers:
+        return found
+    from sympy import FiniteSet
+
+    try:
+        together = FiniteSet(*(a[0].as_immutable() if hasattr(a[0], "as_immutable") else a[0] for a in answers))
+    except Exception:
+        return []
+    if len(together) == 1:
+        return answers[-1]
+    return [together, ", ".join(dict.fromkeys(shown(a) for a in answers))]
 
 
 def parse_gold(gold: str) -> list:
@@ -173,7 +277,7 @@ def parse_gold(gold: str) -> list:
     m = _NUMBER_WITH_UNITS.fullmatch(g)
     if m:
         return _parse(m.group("num"), (math_verify()[2][1],))
-    return _parse("\\boxed{" + g + "}")
+    return _parse("\\boxed{" + normalise_math(g) + "}")
 
 
 def shown(parsed: list) -> str | None:
@@ -182,6 +286,65 @@ def shown(parsed: list) -> str | None:
         return None
     last = parsed[-1]
     return last if isinstance(last, str) else str(parsed[0])
+
+
+# --------------------------------------------------------------------------------------------- precision
+
+def _places(f) -> int:
+    """The decimal places a parsed decimal was written with (0.3333 -> 4, 2.50 -> 1): the shortest repr of
+    its float, which gives back the digits written up to 15 significant ones."""
+    from decimal import Decimal
+
+    try:
+        exponent = Decimal(repr(float(f))).as_tuple().exponent
+    except Exception:
+        return 0
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+
+
+def _stated_places(values: list) -> int | None:
+    """The fewest places among the decimals of `values` written to MIN_STATED_PLACES or more (None: none)."""
+    from sympy import Float
+
+    places = [p for v in values for f in v.atoms(Float) if (p := _places(f)) >= MIN_STATED_PLACES]
+    return min(places) if places else None
+
+
+def _is_fraction(values: list) -> bool:
+    """Whether `values` hold only exact rational numbers (integers, fractions; in sets, intervals, tuples,
+    matrices, equations): no decimal, no constant such as pi, no root or other function."""
+    from sympy import Float, Function, NumberSymbol, Pow
+
+    try:
+        return bool(values) and all(
+            not v.atoms(Float, NumberSymbol, Function)
+            and all(p.exp.is_Integer for p in v.atoms(Pow)) for v in values)
+    except Exception:
+        return False
+
+
+def float_rounding(gold: list, pred: list) -> int:
+    """The `float_rounding` to pass math-verify's `verify` for this pair.
+
+    math-verify rounds both sides of a decimal-against-number comparison to `float_rounding` places (6 by
+    default, and as lighteval calls it), so 0.3333 is not 1/3 there; its own tests pass 4 for that pair
+    and 2 for (0.6, 2.6667] against (3/5, 8/3]. What it lacks is taking the places from the answer: a
+    decimal written to 4 or 5 places against an exact fraction is compared at the places it is written (the
+    fewest, when it has several such decimals; decimals with fewer places are then held to those places,
+    0.6 == 3/5 exactly). The other way round as well: a gold decimal of 4 or 5 places against an exact
+    fractional answer. Anything else keeps 6: fewer than MIN_STATED_PLACES places (0.333, 0.33 for 1/3),
+    decimals on both sides, irrational values (pi against 3.14159).
+    """
+    g = [x for x in gold if is_math(x)]
+    p = [x for x in pred if is_math(x)]
+    try:
+        for decimals, exact in ((p, g), (g, p)):
+            places = _stated_places(decimals)
+            if places is not None and places < FLOAT_ROUNDING and _is_fraction(exact):
+                return places
+    except Exception:
+        pass
+    return FLOAT_ROUNDING
 
 
 def extract_answer(completion: str) -> str | None:

@@ -92,7 +92,8 @@ def compare(gold: str, completion: str, seen: list | None = None) -> tuple[bool,
         return False, None, REASON_NO_ANSWER
     gp = _parsed_gold(gold)
     _, verify, _, _ = answers.math_verify()
-    if gp and verify(gp, pp, float_rounding=6, strict=True, timeout_seconds=None):
+    # math-verify's comparison; only the decimal places it rounds to are ours (answers.float_rounding)
+    if gp and verify(gp, pp, float_rounding=answers.float_rounding(gp, pp), strict=True, timeout_seconds=None):
         return True, pred, REASON_CORRECT
     if gp and any(answers.is_math(x) for x in pp):
         return False, pred, REASON_NOT_EQUAL
