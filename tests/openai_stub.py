@@ -4,6 +4,7 @@
         ... teacher.base_urls: [stub.url] ...
         stub.hold.set()                     # from now on chat requests wait until hold is cleared
         stub.requests                       # chat requests answered so far
+        stub.bodies                         # the JSON body of every chat request, in arrival order
 
 `GET /v1/models` lists `model` (owned by "stub"); `POST /v1/chat/completions` answers with a reasoning block and
 a boxed answer: the first number in the last user message plus `offset` (0: the "right" answer for problems
@@ -27,6 +28,7 @@ class OpenAIStub:
         self.requests = 0  # chat requests answered
         self.arrived = 0  # chat requests received
         self.waiting = 0  # requests now held
+        self.bodies: list[dict] = []  # the JSON body of every chat request received
         self._lock = threading.Lock()
         stub = self
 
@@ -59,6 +61,7 @@ class OpenAIStub:
                 with stub._lock:
                     index = stub.arrived
                     stub.arrived += 1
+                    stub.bodies.append(body)
                     held = index >= stub.hold_after and stub.hold.is_set()
                     stub.waiting += held
                 deadline = time.monotonic() + stub.hold_s
