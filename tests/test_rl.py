@@ -155,19 +155,28 @@ def picker(tmp_path_factory):
 def rl_cfg(picker, out: Path, *extra: str):
     args = ["--rl.output", str(out), "--rl.student", picker["model"], "--rl.problems.source", picker["problems"],
             "--rl.num_generations", "8", "--rl.batch_size", "16", "--rl.max_completion_length", "16",
-            "--rl.max_steps", "30", "--rl.learning_rate", "3e-3", "--rl.lr_scheduler", "constant",
+            "--rl.max_steps", "30", "--rl.learning_rate", "1e-3", "--rl.beta", "0.04", "--rl.lr_scheduler", "constant",
             "--rl.progress", "false", "--rl.save_steps", "100", "--rl.precision", "fp32", *extra]
     return load_recipe(None, args).rl
 
 
 def test_grpo_raises_the_correct_reward_of_a_learnable_task(picker, tmp_path):
-    """Always answering 7 is learnable in a few dozen steps from the verifier's 1/0 alone (measured on 3 seeds here:
-    0.03-0.15 in the first quarter of the steps, 0.75-0.98 in the last)."""
+    """Always answering 7 is learnable in 30 steps from the verifier's 1/0 alone, on both kinds of CPU.
+
+    The settings are what makes it robust. At lr 3e-3 without a KL term it collapsed on 5 of 5 seeds on AVX-512
+    kernels and 4 of 5 on AVX2 ones (ATEN_CPU_CAPABILITY=avx2): in a group with one right answer the seven wrong
+    ones push down the "}" and end of turn they share with it, Adam turns that near-cancelling gradient into full
+    steps, the student stops ending its answer, every completion runs to the length limit unboxed, and with all
+    rewards 0 nothing is learned again (a real AVX2 EPYC collapsed to 1-token completions instead). lr 1e-3 alone
+    still collapsed on 1 of 5 AVX2 seeds. lr 1e-3 with beta 0.04 (the KL term holds the tokens the reward does not
+    tell apart near the start): 20 of 20 learned (5 seeds x both kernels x 1 and 2 torch threads): first step
+    0.00-0.12, first quarter 0.02-0.38, last quarter 0.78-0.96, a rise of 0.48-0.79."""
     s = rl.run(rl_cfg(picker, tmp_path / "out"))
-    assert s["correct_start"] < 0.3 and s["correct_end"] > 0.6 and s["correct_end"] > s["correct_start"] + 0.4, s
+    rows = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    first = next(r["rewards/correct/mean"] for r in rows if "rewards/correct/mean" in r)
+    assert first < 0.4 and s["correct_end"] > 0.6 and s["correct_end"] > s["correct_start"] + 0.3, (first, s)
     assert s["steps"] == 30 and s["problems_trained"] == 16 and s["generation"] == "transformers"
     assert 0 < s["generate_share"] < 1 and s["reward_failures"] == {"correct": 0}
-    rows = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     logged = rows[0]
     for key in ("reward", "rewards/correct/mean", "completions/mean_length", "completions/clipped_ratio",
                 "clip_ratio/region_mean", "generate_time", "step_time"):
