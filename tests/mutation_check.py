@@ -194,6 +194,30 @@ MUTATIONS = [
     M("kd-packing-loses-seq-lengths", "pipeline/train/kd_data.py",
       'keys = ("input_ids", "labels", "seq_lengths")', 'keys = ("input_ids", "labels")',
       (V + "test_packed_kd_batches_restart_positions_at_each_sequence",)),
+    # cross-tokenizer alignment on text a CPU's kernels happen to sample (issue 24: found on AVX2)
+    M("xtok-stray-byte-drops-the-completion", "pipeline/train/xtok_data.py",
+      "teacher_start=t_start, teacher_bad=t_bad)\n",
+      "teacher_start=t_start, teacher_bad=t_bad)\n        if bad_utf8:\n            a.groups, a.covered_bytes = [], 0\n",
+      ("tests/test_xtok.py::test_offline_examples_keep_the_spans_of_a_completion_with_a_stray_byte",)),
+    M("xtok-stray-byte-misplaces-the-spans", "pipeline/train/xtok.py",
+      "shift += 3 - (bad[k][1] - bad[k][0])", "shift += 0",
+      ("tests/test_xtok.py", "-k", "stray")),
+    M("xtok-overlap-ignores-the-finished-turn", "pipeline/train/xtok_data.py",
+      "        if full.startswith(t_text + content):\n            return 0\n", "        pass\n",
+      ("tests/test_xtok.py::test_the_teachers_prompt_overlap_is_an_opener_not_a_newline",)),
+    M("xtok-overlap-takes-a-newline-for-an-opener", "pipeline/train/xtok_data.py",
+      "if t_text.endswith(content[:k]) and content[:k].strip()), 0)", "if t_text.endswith(content[:k])), 0)",
+      ("tests/test_xtok.py::test_the_teachers_prompt_overlap_is_an_opener_not_a_newline",)),
+    M("hardware-ignores-the-avx2-cap", "pipeline/core/hardware.py",
+      '    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in _CAPPED:\n        return False\n', "",
+      ("tests/test_sft.py::test_kernels_capped_at_avx2_mean_no_bf16",)),
+    # the verifier's held-out misses (issue 24)
+    M("verify-stated-places-ignored", "pipeline/verify/check.py",
+      "float_rounding=answers.float_rounding(gp, pp)", "float_rounding=6",
+      ("tests/test_verify.py", "-k", "labelled_case")),
+    M("verify-answer-lines-ignored", "pipeline/verify/answers.py",
+      "    return _answer_lines(text, _parse(text))", "    return _parse(text)",
+      ("tests/test_verify.py", "-k", "labelled_case")),
 ]
 
 

@@ -247,6 +247,9 @@ def test_the_teachers_prompt_overlap_is_an_opener_not_a_newline(pair):
                          "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
     r1 = [*user, {"role": "assistant", "content": "<think>\n1 + 1 = 2\n</think>\n\n2"}]
     assert prompt_overlap(tok, r1, prompt()) == len("<think>\n")
+    # this template's finished turn does not hold its generation prompt: only the prompt's tail can tell, and a
+    # newline alone is no opener
+    assert prompt_overlap(tok, [*user, {"role": "assistant", "content": "\n\n2"}], prompt()) == 0
 
 
 def test_spans_from_end_offsets():
