@@ -121,8 +121,13 @@ class VerifyConfig:
 @dataclass
 class FilterConfig:
     output: str = opt(help="folder of the training dataset and its report")
-    input: str | None = opt(None, "traces: a generate output folder, a save_to_disk folder or a Hub id (default: "
-                                  "generate.output)")
+    input: str | None = opt(None, "traces: a generate output folder, a save_to_disk folder, a .jsonl/.json/.parquet "
+                                  "file or a Hub id, in any filter.format (default: generate.output)")
+    format: Literal["auto", "distill", "openr1", "openthoughts", "numina", "messages", "prompt_completion"] = opt(
+        "auto", "the input's format: distill generate's traces, OpenR1-Math-220k, OpenThoughts/Bespoke-Stratos, "
+                "NuminaMath-CoT, TRL messages or prompt/completion (auto: told by the columns)")
+    columns: dict[str, str] = opt(factory=dict, help="the format's column -> the input's column, e.g. {answer: "
+                                                     "ground_truth_solution} (a gold for traces without one)")
     require_correct: bool = opt(True, "the final answer verifies equal to the gold answer")
     require_complete: bool = opt(True, "finish_reason == stop (not truncated)")
     require_reasoning: bool = opt(True, "a non-empty reasoning block (turn off for non-reasoning teachers)")

@@ -43,12 +43,22 @@ def has_boxed(final: str) -> bool:
     return _BOXED.search(final) is not None
 
 
+def last_boxed(text: str) -> str | None:
+    """The content of the last \\boxed{} (or \\fbox{}) of a text, braces matched, as written; None: no box."""
+    starts = [m.end() for m in _BOXED.finditer(text or "")]
+    return _braced(text, starts[-1]).strip() if starts else None
+
+
 def _boxed_content(text: str, start: int) -> str:
+    return re.sub(r"\s+", "", _braced(text, start))
+
+
+def _braced(text: str, start: int) -> str:
     depth, i = 1, start
     while i < len(text) and depth:
         depth += {"{": 1, "}": -1}.get(text[i], 0)
         i += 1
-    return re.sub(r"\s+", "", text[start:i - 1])
+    return text[start:i - 1]
 
 
 def repeat_ratio(text: str, n: int) -> float:

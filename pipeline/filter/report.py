@@ -14,6 +14,8 @@ def markdown(r: dict) -> str:
     lines = ["# Filter report", "",
              f"Input `{r['input']}`: {r['rows_in']} traces of {r['problems_in']} problems. "
              f"Kept **{r['rows_kept']}** traces of {r['problems_kept']} problems.", "",
+             *([f"Read as `{r['format']}` ({r['format_name']}): {r['input_rows']} rows of the input became "
+                f"{r['rows_in']} traces.", ""] if r.get("format", "distill") != "distill" else []),
              f"Teacher pass@1 over the input (mean over problems): {r['teacher_pass_at_1']}; "
              f"share of correct samples: {r['teacher_sample_accuracy']}.", "",
              "## Why rows were dropped", "",
@@ -22,6 +24,15 @@ def markdown(r: dict) -> str:
         lines.append(f"| {reason} | {r['rejected'].get(reason, 0)} | {r['failing_checks'][reason]} |")
     lines += ["", "## Answer verification", "", "| result | rows |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(r["verify_reasons"].items(), key=lambda kv: -kv[1])]
+    verdicts = {c: v for c, v in r.get("dataset_verdicts", {}).items() if "agree" in v}
+    if verdicts:
+        lines += ["", "## The dataset's verdicts and ours", "",
+                  "| dataset column | rows | agree | both correct | dataset only | ours only | both incorrect |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {c} | {v['rows']} | {v['agree']} | {v['both correct']} | {v['dataset only']} | "
+                  f"{v['ours only']} | {v['both incorrect']} |" for c, v in verdicts.items()]
+    for check, why in r.get("checks_not_applied", {}).items():
+        lines += ["", f"Not checked, {check}: {why}."]
     k = r["kept_tokens"]
     if k.get("count"):
         lines += ["", "## Kept trace lengths (teacher tokens)", "",

@@ -2,6 +2,10 @@
 traces, and a report that says why every other row was dropped.
 
     distill filter recipes/demo.yaml --filter.max_per_problem 1
+    distill filter --filter.input open-r1/OpenR1-Math-220k --filter.output out/openr1   # a public trace set
+
+Traces in a public format (OpenR1-Math-220k, OpenThoughts, NuminaMath-CoT, TRL messages / prompt-completion) are
+turned into the traces contract first (formats.py); the project's own traces are read as they are.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ import datasets
 from ..backends.prompts import chat_messages
 from ..core.config import FilterConfig, config_hash, without_operational
 from ..core.data import load_problems
-from ..core.errors import DistillError
 from ..core.io import data_fingerprint, load_dataset_folder_or_hub, save_dataset_atomically
 from ..core.log import get_logger
 from ..core.output import OutputMismatch, StageOutput
-from ..verify import VERIFIER_ID, start_default_pool, verify_many
-from . import checks
+from ..verify import VERIFIER_ID, VerifyResult, start_default_pool, verify_many
+from . import checks, formats
+from .errors import FilterError
 from .report import write_report
 
 logger = get_logger("filter")
@@ -32,11 +36,24 @@ REQUIRED = {"id": "string", "sample": "int", "problem": "string", "answer": "str
             "reasoning": "string", "final": "string", "finish_reason": "string"}
 KD_COLUMNS = ("completion_token_ids", "topk_ids", "topk_logprobs")
 REASONS = ("generation error", "contaminated", "truncated", "no reasoning", "malformed", "no boxed answer", "too short",
-           "too long", "repetitive", "incorrect", "duplicate", "pass rate out of band", "over per-problem cap")
-
-
-class FilterError(DistillError, ValueError):
-    pass
+           "too long", "repetitive", "no gold answer", "incorrect", "duplicate", "pass rate out of band", "over per-problem cap")
+NO_GOLD = "no gold answer"
+# what to change when a reason drops every row (the zero-kept error names the top reason's fix)
+FIXES = {
+    "generation error": "rerun distill generate to retry the failed requests",
+    "contaminated": "check filter.decontaminate",
+    "truncated": "raise the teacher's max_tokens, or set filter.require_complete false",
+    "no reasoning": "set filter.require_reasoning false for traces without a reasoning block",
+    "malformed": "set filter.check_format false",
+    "no boxed answer": "set filter.require_boxed false",
+    "too short": "lower filter.min_tokens", "too long": "raise filter.max_tokens",
+    "repetitive": "raise filter.max_repeat_ratio",
+    NO_GOLD: "map a gold column with filter.columns: {answer: <column>}, or set filter.require_correct false",
+    "incorrect": "check the gold column (filter.columns: {answer: <column>}), or set filter.require_correct false",
+    "duplicate": "set filter.dedup false or filter.near_dup_threshold null",
+    "pass rate out of band": "widen filter.pass_rate_min / filter.pass_rate_max",
+    "over per-problem cap": "raise filter.max_per_problem",
+}
 
 
 def run(cfg: FilterConfig) -> dict:
@@ -51,9 +68,18 @@ def run(cfg: FilterConfig) -> dict:
         raise FilterError(f"filter.output {out} is the traces folder itself; choose another folder")
     if cfg.require_correct and cfg.verify.workers is None:
         start_default_pool()  # the verifier starts while the traces load
-    traces = load_traces(cfg.input)
-    check_schema(traces, cfg.input)
-    fingerprint = {"config": filter_fingerprint(cfg), "input": data_fingerprint(traces)}
+    raw = formats.rename(load_traces(cfg.input), cfg.columns, cfg.input)
+    fmt = formats.detect(raw, cfg.format, cfg.input)
+    if fmt == "distill":  # the project's own traces: read as they are
+        check_schema(raw, cfg.input)
+        traces, read = raw, formats.Converted(raw, fmt, len(raw))
+        fingerprint = {"config": filter_fingerprint(cfg), "input": data_fingerprint(traces)}
+    else:
+        read = formats.convert(raw, fmt, cfg.input)
+        traces = read.traces
+        fingerprint = {"config": filter_fingerprint(cfg), "input": formats.input_fingerprint(raw, cfg.input),
+                       "format": f"{fmt}-{formats.VERSION}"}
+    check_gold(traces, fmt, cfg)
     done = output.finished(fingerprint)
     if done is not None:
         logger.info(f"filter: {out} is up to date with its input and config; reusing it")
@@ -80,8 +106,15 @@ def run(cfg: FilterConfig) -> dict:
     flagged = {h["id"] for h in contamination}
     tokens = token_counts(cols, n)
     finals = [f or "" for f in cols["final"]]
-    verdicts = verify_many([str(a) for a in cols["answer"]], finals, timeout_s=cfg.verify.timeout_s,
-                           workers=cfg.verify.workers, progress=cfg.progress)
+    gold = [a is not None and str(a).strip() != "" for a in cols["answer"]]
+    verdicts = [VerifyResult(False, None, NO_GOLD)] * n
+    checked = [i for i in range(n) if gold[i]]
+    if checked:
+        for i, v in zip(checked, verify_many([str(cols["answer"][i]) for i in checked], [finals[i] for i in checked],
+                                             timeout_s=cfg.verify.timeout_s, workers=cfg.verify.workers,
+                                             progress=cfg.progress)):
+            verdicts[i] = v
+    require_reasoning = cfg.require_reasoning and read.has_reasoning
     for i in range(n):
         completion = cols["completion"][i] or ""
         reasoning, final = cols["reasoning"][i] or "", cols["final"][i] or ""
@@ -92,7 +125,7 @@ def run(cfg: FilterConfig) -> dict:
             fail(i, "contaminated")
         if cfg.require_complete and cols["finish_reason"][i] != "stop":
             fail(i, "truncated")
-        if cfg.require_reasoning and not reasoning.strip():
+        if require_reasoning and not reasoning.strip():
             fail(i, "no reasoning")
         if cfg.check_format and checks.format_problem(completion, reasoning, final):
             fail(i, "malformed")
@@ -104,13 +137,15 @@ def run(cfg: FilterConfig) -> dict:
             fail(i, "too long")
         if cfg.max_repeat_ratio is not None and checks.repeat_ratio(completion, cfg.repeat_ngram) > cfg.max_repeat_ratio:
             fail(i, "repetitive")
-        if cfg.require_correct and not verdicts[i].correct:
+        if cfg.require_correct and not gold[i]:
+            fail(i, NO_GOLD)
+        elif cfg.require_correct and not verdicts[i].correct:
             fail(i, "incorrect")
 
     # ---- problem-level: pass rate over the teacher's answered samples of a problem (failed requests are
     # an outage, not the teacher's skill)
     by_problem = checks.group_by(cols["id"])
-    answered = {pid: [i for i in rows if errors[i] is None] for pid, rows in by_problem.items()}
+    answered = {pid: [i for i in rows if errors[i] is None and gold[i]] for pid, rows in by_problem.items()}
     pass_rate = {pid: sum(verdicts[i].correct for i in rows) / len(rows) for pid, rows in answered.items() if rows}
 
     # ---- among the rows still standing: duplicates, pass-rate band, per-problem cap
@@ -136,9 +171,9 @@ def run(cfg: FilterConfig) -> dict:
                 fail(i, "over per-problem cap")
 
     kept = [i for i in range(n) if first_reason[i] is None]
-    train = build_training_set(traces, kept, verdicts, cfg)
     report = {
         "fingerprint": fingerprint, "input": cfg.input, "output": str(out),
+        "format": fmt, "format_name": formats.CARDS[fmt], "input_rows": read.rows_read,
         "rows_in": n, "rows_kept": len(kept), "problems_in": len(by_problem),
         "problems_kept": len({cols["id"][i] for i in kept}),
         "rejected": {r: c for r in REASONS if (c := sum(x == r for x in first_reason))},
@@ -146,19 +181,32 @@ def run(cfg: FilterConfig) -> dict:
         "verify_reasons": dict(Counter(v.reason for v in verdicts)),
         "teacher_pass_at_1": round(statistics.fmean(pass_rate.values()), 4) if pass_rate else None,
         "teacher_sample_accuracy": round(sum(v.correct for v, e in zip(verdicts, errors) if e is None)
-                                         / max(1, sum(e is None for e in errors)), 4) if n else None,
+                                         / max(1, sum(e is None and g for e, g in zip(errors, gold))), 4)
+        if n and any(gold) else None,
         "pass_rates": pass_rate,
         "kept_tokens": summarize_lengths([tokens[i] for i in kept]),
         "decontamination": {"benchmarks": list(cfg.decontaminate), "ngram": cfg.decontam_ngram,
                             "problems_flagged": len(flagged), "hits": contamination},
         "config": asdict(cfg),
     }
+    if not read.has_reasoning:
+        report["checks_not_applied"] = {"no reasoning": f"{fmt} traces carry no reasoning block: the solution is "
+                                                        f"the assistant turn, as written"}
+    if read.verdicts or read.finish_from:
+        report["dataset_verdicts"] = dataset_verdicts(cols, read, verdicts, errors)
+    if not kept:  # nothing to train on: no output that a next stage could take for a finished one
+        write_report(out, report, [])
+        raise FilterError(zero_kept(report))
+    train = build_training_set(traces, kept, verdicts, cfg)
     save(output, train, report, kept_tokens=[tokens[i] for i in kept])
     print_summary(report)
     return report
 
 
 def load_traces(source: str) -> datasets.Dataset:
+    from_file = formats.read(source)  # .jsonl / .json / .parquet
+    if from_file is not None:
+        return from_file
     path = Path(source)
     if (path / "dataset").is_dir():
         path = path / "dataset"
@@ -167,6 +215,45 @@ def load_traces(source: str) -> datasets.Dataset:
                           f"finish it by rerunning distill generate")
     return load_dataset_folder_or_hub(source, path, "filter.input", "a distill generate output or a save_to_disk "
                                       "folder", FilterError)
+
+
+def check_gold(traces: datasets.Dataset, fmt: str, cfg: FilterConfig) -> None:
+    """Traces without any gold answer cannot be checked: say what to set, before any work."""
+    if not (cfg.require_correct or cfg.pass_rate_min is not None or cfg.pass_rate_max is not None) or not len(traces):
+        return
+    if any(a is not None and str(a).strip() for a in traces["answer"]):
+        return
+    need = "filter.require_correct" if cfg.require_correct else "filter.pass_rate_min/pass_rate_max"
+    raise FilterError(f"traces {cfg.input} ({formats.CARDS[fmt]}) have no gold answer to check the teacher's against "
+                      f"({need}): map a gold column with filter.columns: {{answer: <column>}}, or set "
+                      f"filter.require_correct false (and no pass_rate band) to keep traces unverified")
+
+
+def dataset_verdicts(cols: dict, read: formats.Converted, verdicts, errors) -> dict:
+    """The dataset's own verdicts beside ours, over the rows that carry one: agreement counts."""
+    out = {}
+    for ours, theirs in read.verdicts.items():
+        pairs = [(bool(lab), v.correct) for lab, v, e in zip(cols[ours], verdicts, errors)
+                 if lab is not None and e is None and v.reason != NO_GOLD]
+        if not pairs:  # a column of nulls (correctness_llama where the judge did not run): nothing to compare
+            continue
+        out[theirs] = {"against": "our verifier", "rows": len(pairs), "agree": sum(a == b for a, b in pairs),
+                       "both correct": sum(a and b for a, b in pairs),
+                       "dataset only": sum(a and not b for a, b in pairs),
+                       "ours only": sum(b and not a for a, b in pairs),
+                       "both incorrect": sum(not a and not b for a, b in pairs)}
+    if read.finish_from:
+        out[read.finish_from] = {"against": "used as finish_reason (filter.require_complete)",
+                                 **dict(Counter(f or "unknown" for f in cols["finish_reason"]))}
+    return out
+
+
+def zero_kept(r: dict) -> str:
+    top = sorted(r["rejected"].items(), key=lambda kv: -kv[1])
+    reasons = ", ".join(f"{reason} {count}" for reason, count in top[:3])
+    fix = FIXES.get(top[0][0], "loosen the check") if top else "check the input"
+    return (f"filter kept 0 of {r['rows_in']} traces of {r['input']} (read as {r['format']}); dropped: {reasons}; "
+            f"{fix} (details: {r['output']}/report.md)")
 
 
 def check_schema(ds: datasets.Dataset, source: str) -> None:
@@ -186,8 +273,10 @@ def check_schema(ds: datasets.Dataset, source: str) -> None:
 
 def filter_fingerprint(cfg: FilterConfig) -> str:
     d = without_operational(cfg)
-    for k in ("output", "input"):  # where it reads and writes, not what it makes
-        d.pop(k)
+    for k in ("output", "input", "format"):  # where it reads and writes, not what it makes (the format read is in
+        d.pop(k)                             # the fingerprint of converted traces)
+    if not d["columns"]:  # unset: outputs made before the key existed stay current
+        d.pop("columns")
     if d["prompt"] is None:  # unset it changes nothing: outputs made before the key existed stay current
         d.pop("prompt")
     d["verifier"] = VERIFIER_ID  # a new verifier's verdicts make a new training set
@@ -269,7 +358,16 @@ def save(output: StageOutput, train: datasets.Dataset, report: dict, *, kept_tok
 def print_summary(r: dict) -> None:
     print(f"\nfilter: kept {r['rows_kept']} of {r['rows_in']} traces ({r['problems_kept']} of {r['problems_in']} "
           f"problems) -> {r['output']}/dataset")
+    if r["format"] != "distill":
+        print(f"  read as {r['format']} ({r['format_name']}): {r['input_rows']} rows -> {r['rows_in']} traces")
     print(f"  teacher pass@1 over the input: {r['teacher_pass_at_1']}")
+    for column, v in r.get("dataset_verdicts", {}).items():
+        if "agree" in v:
+            print(f"  the dataset's {column} vs our verifier: agree on {v['agree']} of {v['rows']} (both correct "
+                  f"{v['both correct']}, dataset only {v['dataset only']}, ours only {v['ours only']}, both "
+                  f"incorrect {v['both incorrect']})")
+    for check, why in r.get("checks_not_applied", {}).items():
+        print(f"  not checked, {check}: {why}")
     for reason, count in r["rejected"].items():
         print(f"  dropped, {reason}: {count}")
     if r["decontamination"]["benchmarks"]:
