@@ -309,3 +309,17 @@ def test_detection_from_columns():
     assert fmt(["system", "conversations"]) == "openthoughts"
     assert fmt(["problem", "solution", "messages", "source"]) == "numina"
     assert fmt(["messages"]) == "messages" and fmt(["prompt", "completion"]) == "prompt_completion"
+
+
+def test_a_hub_id_is_read_through_datasets(tmp_path, monkeypatch):
+    """A Hub id goes to datasets.load_dataset(id, split="train") (core.io's reader); here it answers from memory."""
+    asked = []
+
+    def load_dataset(source, split=None, **kw):
+        asked.append((source, split))
+        return datasets.Dataset.from_list(OPENR1)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    report = run_filter("open-r1/OpenR1-Math-220k", tmp_path / "out")
+    assert asked == [("open-r1/OpenR1-Math-220k", "train")]
+    assert report["format"] == "openr1" and report["rows_kept"] == 6
