@@ -323,3 +323,15 @@ def test_a_hub_id_is_read_through_datasets(tmp_path, monkeypatch):
     report = run_filter("open-r1/OpenR1-Math-220k", tmp_path / "out")
     assert asked == [("open-r1/OpenR1-Math-220k", "train")]
     assert report["format"] == "openr1" and report["rows_kept"] == 6
+
+
+def test_own_traces_from_a_jsonl_file_are_read_as_they_are_and_reused(tmp_path, capsys):
+    rows = [{"id": "q1", "sample": s, "problem": "What is 2 + 2?", "answer": "4", "completion": c, "reasoning": r,
+             "final": f, "finish_reason": "stop"}
+            for s, (r, f) in enumerate([("two and two", "\\boxed{4}"), ("two plus two", "\\boxed{5}")])
+            for c in [think(r, f)]]
+    src, out = write(rows, tmp_path, "jsonl"), tmp_path / "out"
+    report = run_filter(src, out)
+    assert report["format"] == "distill" and report["rejected"] == {"incorrect": 1} and "format" not in report["fingerprint"]
+    run_filter(src, out)
+    assert "reusing it" in capsys.readouterr().out

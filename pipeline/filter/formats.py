@@ -132,7 +132,7 @@ def detect(ds: datasets.Dataset, name: str, source: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ converting
 
-def convert(ds: datasets.Dataset, fmt: str, source: str) -> Converted:
+def convert(ds: datasets.Dataset, fmt: str, source: str, *, progress: bool = True) -> Converted:
     """One traces row per (problem, generation): id (the input's id/uuid column, else one per distinct problem
     text), sample (0.. within the id), problem, answer (None: no gold), messages (the prompt), completion,
     reasoning, final, finish_reason, and for openr1 the dataset's own verdicts."""
@@ -176,9 +176,18 @@ def convert(ds: datasets.Dataset, fmt: str, source: str) -> Converted:
         "final": datasets.Value("string"), "finish_reason": datasets.Value("string"),
         **{c: datasets.Value("bool") for c in verdicts}})
     fingerprint = hashlib.sha256(json.dumps([ds._fingerprint, fmt, VERSION]).encode()).hexdigest()[:16]
-    traces = ds.map(explode, batched=True, batch_size=1000, remove_columns=cols, features=features,
-                    load_from_cache_file=False, new_fingerprint=fingerprint, desc=f"reading {fmt} traces",
-                    keep_in_memory=not ds.cache_files)
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+
+    was_enabled = is_progress_bar_enabled()
+    if not progress:
+        disable_progress_bar()
+    try:
+        traces = ds.map(explode, batched=True, batch_size=1000, remove_columns=cols, features=features,
+                        load_from_cache_file=False, new_fingerprint=fingerprint, desc=f"reading {fmt} traces",
+                        keep_in_memory=not ds.cache_files)
+    finally:
+        if was_enabled:
+            enable_progress_bar()
     finish_from = None
     if fmt == "openr1":
         finish_from = next((c for c in ("finish_reasons", "is_reasoning_complete") if c in cols), None)

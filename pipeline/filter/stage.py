@@ -21,7 +21,7 @@ import datasets
 from ..backends.prompts import chat_messages
 from ..core.config import FilterConfig, config_hash, without_operational
 from ..core.data import load_problems
-from ..core.io import data_fingerprint, load_dataset_folder_or_hub, save_dataset_atomically
+from ..core.io import load_dataset_folder_or_hub, save_dataset_atomically
 from ..core.log import get_logger
 from ..core.output import OutputMismatch, StageOutput
 from ..verify import VERIFIER_ID, VerifyResult, start_default_pool, verify_many
@@ -73,9 +73,9 @@ def run(cfg: FilterConfig) -> dict:
     if fmt == "distill":  # the project's own traces: read as they are
         check_schema(raw, cfg.input)
         traces, read = raw, formats.Converted(raw, fmt, len(raw))
-        fingerprint = {"config": filter_fingerprint(cfg), "input": data_fingerprint(traces)}
+        fingerprint = {"config": filter_fingerprint(cfg), "input": formats.input_fingerprint(traces, cfg.input)}
     else:
-        read = formats.convert(raw, fmt, cfg.input)
+        read = formats.convert(raw, fmt, cfg.input, progress=cfg.progress)
         traces = read.traces
         fingerprint = {"config": filter_fingerprint(cfg), "input": formats.input_fingerprint(raw, cfg.input),
                        "format": f"{fmt}-{formats.VERSION}"}
