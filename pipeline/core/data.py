@@ -4,10 +4,15 @@ Every loader returns the columns ``id``, ``problem``, ``answer`` (all str) and
 ``source`` first, then whatever extra columns the source had. Sources can be a
 bundled benchmark name, a local file or ``save_to_disk`` folder, or a Hugging Face
 dataset id. Bad rows raise a one-line ``ValueError`` naming the source and row.
+
+The readers here are shared by every stage: ``load_file`` (a .jsonl/.json/.parquet file, each bad line named
+``file: line N``), ``looks_like_path``/``missing_path`` (a missing local path is told as missing, never sent to the
+Hub) and, for Hub ids, ``core.io.load_hub_dataset`` (offline or unreachable: one line within seconds).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -20,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import DataError
+from .io import HUB_PREFIX, load_hub_dataset, load_saved
 
 # Benchmark name -> file name. The split is part of the name ("gsm8k" is the test set).
 BENCHMARKS: dict[str, str] = {
@@ -105,10 +111,13 @@ def _read(source: str, split: str | None) -> tuple[str, str, list[dict], list[st
         return source, path.stem, *_read_file(path, label=source)
 
     if looks_like_path(source):
-        raise DataError(f"{source}: no such file or folder")
-    if _HUB_ID.match(source):
-        ds = datasets.load_dataset(source, split=split or "train")
-        return source, source.rsplit("/", 1)[1], *_rows_of(ds)
+        raise DataError(missing_path(source))
+    hub_id = source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source
+    if _HUB_ID.match(hub_id):
+        ds = load_hub_dataset(hub_id, split or "train")
+        if len(ds) == 0:
+            raise DataError(f"{source}: no rows (the Hub dataset's split {split or 'train'!r} is empty)")
+        return source, hub_id.rsplit("/", 1)[1], *_rows_of(ds)
     raise DataError(
         f"{source!r} is not a benchmark name ({', '.join(BENCHMARKS)}), an existing "
         "file or folder, or a Hugging Face dataset id 'org/name'"
@@ -151,32 +160,119 @@ def _benchmark_path(name: str) -> Path:
 
 
 def looks_like_path(source: str) -> bool:
-    # Anything with a file suffix, an explicit relative/absolute/home prefix, or more
-    # than one separator cannot be a Hub id, so a missing one must not go to the Hub.
-    return (
+    """True when `source` can only be a local path, so that a missing one is told as missing, never sent to the Hub.
+
+    A Hub id is ``org/name``: one ``/``, no data-file suffix. Anything else that has a ``/`` is a path: a data-file
+    suffix (``.jsonl``, ``.json``, ``.parquet``), a ``.``, ``/`` or ``~`` start, more than one ``/``, a backslash, or
+    one ``/`` whose first part is an existing local folder (``data/no_such_problems`` while ``data/`` exists here;
+    ``datasets.load_dataset`` likewise reads a local folder before it asks the Hub). ``hf://datasets/org/name`` is
+    always the Hub.
+    """
+    if source.startswith(HUB_PREFIX):
+        return False
+    if (
         source.lower().endswith(FILE_SUFFIXES)
         or source.startswith((".", "/", "~"))
         or source.count("/") > 1
         or "\\" in source
-    )
+    ):
+        return True
+    head, sep, _ = source.partition("/")
+    return bool(sep and head) and Path(head).is_dir()
+
+
+def missing_path(source: str) -> str:
+    """The one-line message for a local path that does not exist: what is missing, and where to look."""
+    path = Path(source).expanduser()
+    parent = path.parent
+    where = "" if path.is_absolute() else f"; paths are relative to {Path.cwd()}"
+    if parent.is_dir():
+        close = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1, cutoff=0.6)
+        if close:
+            hint = f"did you mean {close[0] if str(parent) == '.' else parent / close[0]}?"
+        else:
+            hint = f"{'the current folder' if str(parent) == '.' else f'{parent}/'} has nothing named {path.name}{where}"
+    else:
+        missing = parent
+        while not missing.parent.is_dir() and missing.parent != missing:
+            missing = missing.parent
+        hint = f"{missing} does not exist either{where}"
+    if _HUB_ID.match(source) and not source.lower().endswith(FILE_SUFFIXES):
+        hint += f"; for the Hub dataset write {HUB_PREFIX}{source}"
+    return f"no such file or folder {source} ({hint})"
+
+
+def load_file(path: str | Path, *, label: str | None = None) -> datasets.Dataset:
+    """A .jsonl/.json/.parquet file as a Dataset, for any stage: a malformed line is a `DataError` naming
+    ``label: line N``, an empty file one naming the file (``label`` defaults to the path, e.g. ``"sft.data x.jsonl"``).
+    """
+    path = Path(path).expanduser()
+    label = str(path) if label is None else label
+    if not path.is_file():
+        raise DataError(f"{label}: " + (f"{path} is a folder, not a file" if path.is_dir() else missing_path(str(path))))
+    if path.suffix.lower() == ".parquet":
+        table = _read_parquet(path, label=label)
+        if table.num_rows == 0:
+            _read_file(path, label=label)  # raises: the empty file named
+        return datasets.Dataset(table)
+    rows, _ = _read_file(path, label=label)
+    try:
+        return datasets.Dataset.from_list(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+        raise DataError(f"{label}: rows that cannot be held in one table (a field whose type differs between "
+                        f"rows? {str(e).splitlines()[0][:200]})") from None
+
+
+def read_file(path: Path, *, label: str) -> tuple[list[dict], list[str]]:
+    """The rows of a .jsonl/.json/.parquet file and where each came from (``line N``, ``item N``, ``row N``); a bad
+    line or an empty file is a `DataError` that names it."""
+    return _read_file(Path(path), label=label)
 
 
 def _read_file(path: Path, *, label: str) -> tuple[list[dict], list[str]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return _read_jsonl(path, label=label)
-    if suffix == ".json":
-        return _read_json(path, label=label)
-    if suffix == ".parquet":
-        return _rows_of(pq.read_table(path))
-    raise DataError(f"{label}: unsupported file type {suffix!r} (use {', '.join(FILE_SUFFIXES)})")
+        rows, where = _read_jsonl(path, label=label)
+    elif suffix == ".json":
+        rows, where = _read_json(path, label=label)
+    elif suffix == ".parquet":
+        rows, where = _rows_of(_read_parquet(path, label=label))
+    else:
+        raise DataError(f"{label}: unsupported file type {suffix!r} (use {', '.join(FILE_SUFFIXES)})")
+    if not rows:
+        what = {".jsonl": "no JSON lines", ".json": "an empty JSON list", ".parquet": "0 rows"}[suffix]
+        if path.stat().st_size == 0:
+            what = "0 bytes"
+        elif suffix != ".parquet" and not path.read_bytes().strip():
+            what = "only blank lines"
+        raise DataError(f"{label}: no rows (the file holds {what})")
+    return rows, where
+
+
+def _read_parquet(path: Path, *, label: str) -> pa.Table:
+    if path.stat().st_size == 0:
+        return pa.table({})
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+        raise DataError(f"{label}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
+
+
+def _decode(raw: bytes, *, label: str, first_line: int = 1) -> str:
+    try:
+        return raw.decode("utf-8-sig" if first_line == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        line = first_line + raw[: e.start].count(b"\n")
+        raise DataError(f"{label}: line {line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the file as UTF-8") \
+            from None
 
 
 def _read_jsonl(path: Path, *, label: str) -> tuple[list[dict], list[str]]:
     # Parsed by hand (not datasets' JSON builder) so every error can name its line.
     rows, where = [], []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = _decode(raw, label=label, first_line=lineno)
             if not line.strip():
                 continue
             try:
@@ -192,10 +288,12 @@ def _read_jsonl(path: Path, *, label: str) -> tuple[list[dict], list[str]]:
 
 def _read_json(path: Path, *, label: str) -> tuple[list[dict], list[str]]:
     """A .json file holding a list of objects; JSON Lines saved as .json also works."""
-    text = path.read_text(encoding="utf-8-sig")
+    text = _decode(path.read_bytes(), label=label)
     try:
         data = json.loads(text)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as e:
+        if text.lstrip().startswith("["):  # a broken list: its own position, not the JSON Lines reading's
+            raise DataError(f"{label}: line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
         return _read_jsonl(path, label=label)
     if isinstance(data, dict):  # a single object is a one-line JSON Lines file
         return _read_jsonl(path, label=label)
@@ -208,10 +306,7 @@ def _read_json(path: Path, *, label: str) -> tuple[list[dict], list[str]]:
 
 
 def _read_saved(path: Path, split: str | None, *, label: str) -> tuple[list[dict], list[str]]:
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except FileNotFoundError:
-        raise DataError(f"{label}: folder is not a dataset written by Dataset.save_to_disk") from None
+    ds = load_saved(path, label=label, split=split)
     if isinstance(ds, datasets.DatasetDict):
         if split is None and len(ds) == 1:
             split = next(iter(ds))
@@ -220,6 +315,8 @@ def _read_saved(path: Path, split: str | None, *, label: str) -> tuple[list[dict
         ds = ds[split]
     elif split is not None:
         raise DataError(f"{label}: split={split!r} given but the folder holds a single Dataset")
+    if len(ds) == 0:
+        raise DataError(f"{label}: no rows (the dataset in the folder is empty)")
     return _rows_of(ds)
 
 
