@@ -420,3 +420,30 @@ def test_packed_kd_batches_restart_positions_at_each_sequence():
     both = collate([packed[0], packed[1]])
     want = [i for r in (packed[0], packed[1]) for n in r["seq_lengths"] for i in range(n)]
     assert both["position_ids"].tolist() == [want]
+
+
+# ----------------------------------------------------------------------------- the stored top-k of in-process vLLM
+
+def test_vllm_top_k_is_the_k_best_log_probs_whatever_rank_vllm_reports():
+    """vLLM returns each position's top-k plus the sampled token; the k kept are the k best by log-prob. Under
+    ATEN_CPU_CAPABILITY=avx2 on an AVX-512 machine vLLM reported the sampled token below the top-4 at rank 0, 1 or 2
+    (test_kd's vLLM -> filter -> kd test then stored it in place of the true 4th best: 0.87 nats off)."""
+    from types import SimpleNamespace as NS
+
+    from vllm.logprobs import Logprob
+
+    from pipeline.backends.vllm_backend import to_result
+
+    positions = [
+        {111: Logprob(-5.1954, 1), 260: Logprob(-5.9073, 1), 377: Logprob(-5.8519, 2), 137: Logprob(-5.86, 3),
+         155: Logprob(-5.9003, 4)},  # as seen: the sampled 260 claims rank 1
+        {489: Logprob(-5.908, 0), 268: Logprob(-5.0408, 1), 30: Logprob(-5.809, 2), 488: Logprob(-5.8204, 3),
+         331: Logprob(-5.8726, 4)},  # rank 0
+        {7: Logprob(-0.5, 1), 8: Logprob(-1.5, 2), 9: Logprob(-2.5, 3), 10: Logprob(-3.5, 4)},  # sampled inside
+    ]
+    out = NS(outputs=[NS(logprobs=positions, text="x", finish_reason="length", token_ids=[260, 489, 8])],
+             prompt_token_ids=[1, 2])
+    r = to_result(GenRequest("p", 0, [], 0), out, 4)
+    assert r.topk_ids == [[111, 377, 137, 155], [268, 30, 488, 331], [7, 8, 9, 10]]
+    assert r.topk_logprobs == [[-5.1954, -5.8519, -5.86, -5.9003], [-5.0408, -5.809, -5.8204, -5.8726],
+                               [-0.5, -1.5, -2.5, -3.5]]

@@ -120,10 +120,12 @@ def to_result(req: GenRequest, out, k: int) -> GenResult:
     if k and c.logprobs is not None:
         topk_ids, topk_lps = [], []
         for pos in c.logprobs:
-            # vLLM adds the sampled token to the top-k when it ranks below k: keep ranks 1..k only
-            top = sorted((lp.rank, tid, lp.logprob) for tid, lp in pos.items() if lp.rank is not None and lp.rank <= k)[:k]
-            topk_ids.append([t for _, t, _ in top])
-            topk_lps.append([float(v) for _, _, v in top])
+            # vLLM adds the sampled token to the top-k when it ranks below k: keep the k best by log-prob. Not by
+            # vLLM's rank: the sampled token's rank came back wrong (0, 1, 2 for a token below the top-4) under
+            # ATEN_CPU_CAPABILITY=avx2 on an AVX-512 machine (tests/README.md), and the log-probs are what KD trains on
+            top = sorted(pos.items(), key=lambda item: (-item[1].logprob, item[1].rank or 0))[:k]
+            topk_ids.append([tid for tid, _ in top])
+            topk_lps.append([float(lp.logprob) for _, lp in top])
     return GenResult(req.id, req.sample, completion=c.text, finish_reason=c.finish_reason,
                      prompt_tokens=len(out.prompt_token_ids or []), completion_tokens=len(c.token_ids),
                      completion_token_ids=list(c.token_ids), topk_ids=topk_ids, topk_logprobs=topk_lps)
