@@ -187,7 +187,11 @@ def missing_path(source: str) -> str:
     parent = path.parent
     where = "" if path.is_absolute() else f"; paths are relative to {Path.cwd()}"
     if parent.is_dir():
-        close = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1, cutoff=0.6)
+        try:
+            names = [p.name for p in parent.iterdir()]
+        except OSError:  # an unreadable folder: no suggestion
+            names = []
+        close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
         if close:
             hint = f"did you mean {close[0] if str(parent) == '.' else parent / close[0]}?"
         else:
