@@ -88,8 +88,9 @@ class LocalVLLMServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             time.sleep(1)
-        raise ServerStartError(f"vLLM server not healthy after {self.cfg.server_timeout:.0f}s "
-                               f"(teacher.server_timeout); see {self.log_path}")
+        raise ServerStartError(f"vLLM server not healthy after {self.cfg.server_timeout:.0f}s (raise "
+                               f"teacher.server_timeout); last log line: {self._last_log_line()} (full log: "
+                               f"{self.log_path})")
 
     def _last_log_line(self) -> str:
         try:

@@ -61,7 +61,10 @@ class TeacherConfig:
     launch_server: bool = opt(False, "start a local `vllm serve` for the run and stop it at the end", operational=True)
     server_port: int | None = opt(None, "port of the launched server (default: a free one)", operational=True)
     server_args: list[str] = opt(factory=list, help="extra args for the launched server", operational=True)
-    server_timeout: float = opt(600.0, "seconds to wait for the launched server to become healthy", operational=True)
+    server_timeout: float = opt(3600.0, "seconds to wait for the launched server to become healthy: a first run "
+                                        "downloads the weights (65 GB for a 32B teacher) and compiles and captures "
+                                        "CUDA graphs; a server that exits fails at once, whatever this is",
+                                min=1, operational=True)
     concurrency: int = opt(64, "requests in flight per run (openai backend)", min=1, operational=True)
     request_timeout: float = opt(600.0, "seconds per request", operational=True)
     max_retries: int = opt(6, "retries for timeouts, connection errors, 429 and 5xx", min=0, operational=True)
@@ -115,7 +118,7 @@ class GenerateConfig:
 @dataclass
 class VerifyConfig:
     timeout_s: float = opt(5.0, "wall-clock limit per answer check (a hung check is killed, not waited for)", min=0.1)
-    workers: int | None = opt(None, "verification processes (default: all cores)", min=1, operational=True)
+    workers: int | None = opt(None, "verification processes (default: the cores, shared among the ranks on this machine: / LOCAL_WORLD_SIZE)", min=1, operational=True)
 
 
 @dataclass
@@ -200,6 +203,9 @@ class OptimConfig:
                                  operational=True)
     logging_steps: int = opt(10, "log loss (and kd, ce) every this many steps", min=1, operational=True)
     report_to: list[str] = opt(factory=list, help="e.g. [tensorboard]: logs under output/runs", operational=True)
+    ddp_timeout: int = opt(1800, "seconds a rank waits in a collective for the others (NCCL's own default is 600) "
+                                 "before the run fails; raise it when rank 0 works alone for long (rl's pass-rate "
+                                 "sampling, merging a LoRA adapter, saving a large student)", min=1, operational=True)
     lora: LoraOptions = opt(factory=LoraOptions, help="LoRA options (a section)")
     attn_implementation: str | None = opt(None, "e.g. sdpa, flash_attention_2 (default: transformers' choice)")
     trust_remote_code: bool = opt(False, "allow model code from the Hub")

@@ -181,7 +181,18 @@ def optimiser_args(cfg: OptimConfig, out: Path) -> dict:
         seed=cfg.seed, data_seed=cfg.seed, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         logging_steps=cfg.logging_steps, logging_first_step=True, report_to=cfg.report_to or "none",
         disable_tqdm=not cfg.progress, eval_strategy="no", dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False)
+        use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False, ddp_timeout=cfg.ddp_timeout)
+
+
+def distributed_state(cfg: OptimConfig):
+    """accelerate's process state, its process group made with the recipe's ddp_timeout. First thing a training
+    stage does: TrainingArguments passes ddp_timeout only when it makes the process group itself, and the stage
+    needs one before (ranks wait for rank 0's output checks, rl's pass-rate sampling ...)."""
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    return PartialState(timeout=timedelta(seconds=cfg.ddp_timeout))
 
 
 def accepts_logits_to_keep(model) -> bool:
@@ -284,13 +295,28 @@ def log_callback(path: Path):
 
 
 def param_checksum(model) -> str:
-    """sha256 over the trainable weights' bytes: equal on every rank iff the ranks trained the same model."""
+    """sha256 over the trainable weights' bytes: equal on every rank iff the ranks trained the same model. Sharded
+    weights are checksummed whole (collective: every rank calls this, in the same parameter order): an FSDP2
+    DTensor through full_tensor(), a ZeRO-3 placeholder gathered by DeepSpeed (its own data is empty)."""
     h = hashlib.sha256()
     for name, p in sorted(model.named_parameters()):
         if p.requires_grad:
             h.update(name.encode())
-            h.update(p.detach().float().cpu().numpy().tobytes())
+            h.update(full_weight(p).float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def full_weight(p):
+    """The whole value of parameter `p` as a plain tensor, however it is sharded (a collective when it is)."""
+    if hasattr(p, "ds_id"):  # DeepSpeed ZeRO-3: gathered for the duration of the block
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+            return p.detach().clone()
+    data = p.detach()
+    if hasattr(data, "full_tensor"):  # torch.distributed DTensor (FSDP2, tensor parallel)
+        data = data.full_tensor()
+    return data
 
 
 def save_student(trainer, cfg: OptimConfig, tokenizer, pre: Preflight, out: Path) -> Path:

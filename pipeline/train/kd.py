@@ -55,10 +55,8 @@ class Prepared:
 
 
 def run(cfg: KDConfig, callbacks: list | None = None) -> dict:
-    from accelerate import PartialState
-
     validate(cfg)
-    state = PartialState()
+    state = common.distributed_state(cfg)
     out = Path(cfg.output)
     raw = load_data(cfg)
     # the vocabulary check comes before anything is written, cleared or loaded beyond the tokenizers

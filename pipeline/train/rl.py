@@ -43,11 +43,10 @@ class RLError(DistillError, ValueError):
 
 
 def run(cfg: RLConfig, callbacks: list | None = None) -> dict:
-    from accelerate import PartialState
     from transformers import set_seed
 
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    state = PartialState()
+    state = common.distributed_state(cfg)
     validate(cfg, state.num_processes)
     out = Path(cfg.output)
     problems = load_rl_problems(cfg)
@@ -211,7 +210,10 @@ def sample_student(cfg: RLConfig, problems: datasets.Dataset) -> list[tuple[str,
         backend = "vllm"
     except ImportError:
         backend = "transformers"
-    model = TeacherConfig(model=cfg.student, backend=backend, dtype="auto", enforce_eager=True,
+    import torch
+
+    # eager on CPU (compiling costs more than it saves for one pass); a GPU keeps CUDA graphs
+    model = TeacherConfig(model=cfg.student, backend=backend, dtype="auto", enforce_eager=not torch.cuda.is_available(),
                           trust_remote_code=cfg.trust_remote_code)
     sampling = SamplingConfig(n=cfg.selection_samples, temperature=cfg.temperature, top_p=cfg.top_p,
                               max_tokens=cfg.max_completion_length, seed=cfg.seed)

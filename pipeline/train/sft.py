@@ -17,10 +17,9 @@ logger = get_logger("sft")
 
 
 def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
-    from accelerate import PartialState
     from transformers import set_seed
 
-    state = PartialState()
+    state = common.distributed_state(cfg)
     out = Path(cfg.output)
     raw = common.load_training_set(cfg.data, "sft") if cfg.data else None
     if raw is None:

@@ -60,6 +60,20 @@ def _cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def default_workers() -> int:
+    """The default pool size: the cores this process may use, shared with the other ranks of a distributed run on
+    this machine (LOCAL_WORLD_SIZE, set by torchrun and accelerate launch): 8 ranks on a 96-core node start 12
+    workers each, not 96. A launcher that pinned each rank to its own cores already shared them out."""
+    cores = _cpu_count()
+    try:
+        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    except ValueError:
+        ranks = 1
+    if ranks > 1 and cores >= (os.cpu_count() or cores):  # not pinned: every rank sees the whole machine
+        cores //= ranks
+    return max(1, cores)
+
+
 # ------------------------------------------------------------------------------------- worker processes
 
 def _recv_fds(sock: socket.socket, maxfds: int, flags: int = 0) -> tuple[bytes, list[int]]:
@@ -375,13 +389,13 @@ class VerifyPool:
 
     def __init__(self, workers: int | None = None, *, memory_limit_mb: int | None = DEFAULT_MEMORY_LIMIT_MB,
                  soft_timeouts: bool = True, warm: bool = True):
-        """workers: processes (default: all cores). memory_limit_mb: address-space cap of each worker (None:
-        none). soft_timeouts: let each worker stop Python-level work itself (SIGALRM) a little before the
+        """workers: processes (default: default_workers(), the cores shared among the local ranks).
+        memory_limit_mb: address-space cap of each worker (None: none). soft_timeouts: let each worker stop Python-level work itself (SIGALRM) a little before the
         limit; off, only this process's SIGKILL enforces timeout_s (tests use this). warm: the template runs
         `warm_up()` before forking (about 1 s more start-up; its workers then check ~20% faster at first)."""
         if workers is not None and workers < 1:
             raise ValueError("workers must be >= 1")
-        self.size = workers or _cpu_count()
+        self.size = workers or default_workers()
         self.memory_limit_mb = memory_limit_mb
         self.soft_timeouts = soft_timeouts
         self.warm = warm
@@ -652,7 +666,7 @@ _default_lock = threading.Lock()
 
 
 def default_pool() -> VerifyPool:
-    """The shared pool behind verify_answer / verify_many (all cores), created on first use."""
+    """The shared pool behind verify_answer / verify_many (default_workers() processes), created on first use."""
     global _default
     with _default_lock:
         if _default is None or _default.closed or _default._pid != os.getpid():
@@ -681,11 +695,11 @@ def verify_many(golds: Iterable[str], completions: Iterable[str], *, timeout_s: 
                 workers: int | None = None, progress: bool = False) -> list[VerifyResult]:
     """Check every (gold, completion) pair; results in input order.
 
-    Runs in worker processes (`workers`, default all cores: the shared default pool; another size gets a
+    Runs in worker processes (`workers`, default the cores shared among the local ranks: the shared default pool; another size gets a
     pool of its own for the call), each pair limited to `timeout_s` seconds of wall clock. Safe from any thread.
     """
     golds, completions = list(golds), list(completions)
-    if workers is None or workers == _cpu_count():
+    if workers is None or workers == default_workers():
         return default_pool().verify_many(golds, completions, timeout_s=timeout_s, progress=progress)
     with VerifyPool(workers) as pool:
         return pool.verify_many(golds, completions, timeout_s=timeout_s, progress=progress)
