@@ -18,7 +18,9 @@ def words(text: str) -> list[str]:
 
 
 def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    if n < 1:
+        return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return list(zip(*(tokens[k:] for k in range(n))))  # the same tuples, built in C
 
 
 def format_problem(completion: str, reasoning: str, final: str) -> str | None:
@@ -102,16 +104,24 @@ def duplicate_groups(texts: list[str], threshold: float | None) -> list[int | No
     else None. Quadratic: meant for the few samples of one problem."""
     out: list[int | None] = []
     exact: dict[str, int] = {}
-    sets: list[set] = []
+    kept: list[int] = []  # the texts later ones are compared with (not duplicates themselves)
+    sets: dict[int, set] = {}  # shingles, made when a text is first compared (a lone text needs none)
+
+    def shingled(j: int) -> set:
+        s = sets.get(j)
+        if s is None:
+            s = sets[j] = shingles(texts[j])
+        return s
+
     for i, text in enumerate(texts):
         key = " ".join(text.split())
         dup = exact.get(key)
-        s = shingles(text) if threshold is not None else set()
-        if dup is None and threshold is not None:
-            dup = next((j for j, other in enumerate(sets) if other and jaccard(s, other) >= threshold), None)
+        if dup is None and threshold is not None and kept:
+            s = shingled(i)
+            dup = next((j for j in kept if jaccard(s, shingled(j)) >= threshold), None)
         if dup is None:  # later texts are compared with kept ones only
             exact[key] = i
-        sets.append(s if dup is None else set())
+            kept.append(i)
         out.append(dup)
     return out
 

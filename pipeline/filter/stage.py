@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import threading
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -89,7 +90,11 @@ def run(cfg: FilterConfig) -> dict:
     except OutputMismatch as e:
         raise FilterError(str(e)) from None
 
-    cols = {c: traces[c] for c in traces.column_names if c not in ("topk_ids", "topk_logprobs")}
+    # Short columns as Python lists (one Arrow conversion each); the long texts are read in batches and, for
+    # the duplicate check, per chunk of problems: no column of text is held as Python objects.
+    small = [c for c in ("id", "answer", "finish_reason", "error", "completion_tokens", *read.verdicts)
+             if c in traces.column_names]
+    cols = {c: column(traces, c) for c in small}
     n = len(traces)
     first_reason: list[str | None] = [None] * n
     failing = Counter()
@@ -102,41 +107,23 @@ def run(cfg: FilterConfig) -> dict:
 
     # ---- row-level checks (every check is counted on every row; the first failure is the row's reason)
     errors = cols.get("error") or [None] * n
-    contamination = decontamination_hits(cols["id"], cols["problem"], cfg)
+    contamination = decontamination_hits(cols["id"], column(traces, "problem") if cfg.decontaminate else [], cfg)
     flagged = {h["id"] for h in contamination}
-    tokens = token_counts(cols, n)
-    finals = [f or "" for f in cols["final"]]
     gold = [a is not None and str(a).strip() != "" for a in cols["answer"]]
-    verdicts = [VerifyResult(False, None, NO_GOLD)] * n
     checked = [i for i in range(n) if gold[i]]
+    # the other row-level checks run in a thread while this one hands the answers to the verifier's workers
+    others = Background(lambda: row_checks(traces, cols, errors, flagged, read, cfg, fail))
+    verdicts = [VerifyResult(False, None, NO_GOLD)] * n
     if checked:
-        for i, v in zip(checked, verify_many([str(cols["answer"][i]) for i in checked], [finals[i] for i in checked],
-                                             timeout_s=cfg.verify.timeout_s, workers=cfg.verify.workers,
-                                             progress=cfg.progress)):
+        finals = column(traces, "final")
+        for i, v in zip(checked, verify_pairs([str(cols["answer"][i]) for i in checked],
+                                              [finals[i] or "" for i in checked], cfg)):
             verdicts[i] = v
-    require_reasoning = cfg.require_reasoning and read.has_reasoning
-    for i in range(n):
-        completion = cols["completion"][i] or ""
-        reasoning, final = cols["reasoning"][i] or "", cols["final"][i] or ""
-        if errors[i] is not None:  # no text to check: one reason, not a failure of every check
-            fail(i, "generation error")
+        del finals
+    tokens = others.result()
+    for i in range(n):  # the last row-level check: the answer (same order of checks as before)
+        if errors[i] is not None:
             continue
-        if cols["id"][i] in flagged:
-            fail(i, "contaminated")
-        if cfg.require_complete and cols["finish_reason"][i] != "stop":
-            fail(i, "truncated")
-        if require_reasoning and not reasoning.strip():
-            fail(i, "no reasoning")
-        if cfg.check_format and checks.format_problem(completion, reasoning, final):
-            fail(i, "malformed")
-        if cfg.require_boxed and not checks.has_boxed(final):
-            fail(i, "no boxed answer")
-        if cfg.min_tokens is not None and tokens[i] < cfg.min_tokens:
-            fail(i, "too short")
-        if cfg.max_tokens is not None and tokens[i] > cfg.max_tokens:
-            fail(i, "too long")
-        if cfg.max_repeat_ratio is not None and checks.repeat_ratio(completion, cfg.repeat_ngram) > cfg.max_repeat_ratio:
-            fail(i, "repetitive")
         if cfg.require_correct and not gold[i]:
             fail(i, NO_GOLD)
         elif cfg.require_correct and not verdicts[i].correct:
@@ -149,15 +136,12 @@ def run(cfg: FilterConfig) -> dict:
     pass_rate = {pid: sum(verdicts[i].correct for i in rows) / len(rows) for pid, rows in answered.items() if rows}
 
     # ---- among the rows still standing: duplicates, pass-rate band, per-problem cap
+    if cfg.dedup:
+        for i in duplicates(traces, by_problem, first_reason, cfg.near_dup_threshold):
+            fail(i, "duplicate")
     rng = random.Random(cfg.seed)
     for pid, rows in by_problem.items():
         alive = [i for i in rows if first_reason[i] is None]
-        if cfg.dedup and alive:
-            dups = checks.duplicate_groups([cols["completion"][i] for i in alive], cfg.near_dup_threshold)
-            for i, dup in zip(alive, dups):
-                if dup is not None:
-                    fail(i, "duplicate")
-            alive = [i for i in alive if first_reason[i] is None]
         lo, hi = cfg.pass_rate_min, cfg.pass_rate_max
         rate = pass_rate.get(pid, 0.0)
         if (lo is not None and rate < lo) or (hi is not None and rate > hi):
@@ -283,18 +267,113 @@ def filter_fingerprint(cfg: FilterConfig) -> str:
     return config_hash(d)
 
 
-def token_counts(cols: dict, n: int) -> list[int]:
-    """Completion length in teacher tokens (from the counts or the ids; words when neither is there)."""
+def column(ds: datasets.Dataset, name: str) -> list:
+    """One column as a Python list, converted from Arrow at once (a `Dataset[name]` is a lazy Column whose
+    every `[i]` is a separate Arrow read)."""
+    return ds.with_format("arrow")[name].to_pylist()
+
+
+def column_at(ds: datasets.Dataset, name: str, rows: list[int]) -> list:
+    return ds.with_format("arrow").select_columns([name])[rows][name].to_pylist() if rows else []
+
+
+class Background:
+    """fn() in a daemon thread; result() waits for it and returns its value (or raises its exception)."""
+
+    def __init__(self, fn):
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="filter-checks", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._value = fn()
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            self._error = e
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def verify_pairs(golds: list[str], finals: list[str], cfg: FilterConfig) -> list[VerifyResult]:
+    """verify_many over the distinct (gold, final) pairs (a duplicated generation is checked once)."""
+    index: dict[tuple[str, str], int] = {}
+    where = [index.setdefault(pair, len(index)) for pair in zip(golds, finals)]
+    distinct = list(index)
+    del index
+    results = verify_many([g for g, _ in distinct], [f for _, f in distinct], timeout_s=cfg.verify.timeout_s,
+                          workers=cfg.verify.workers, progress=cfg.progress)
+    return [results[k] for k in where]
+
+
+ROW_BATCH = 1000
+
+
+def row_checks(traces: datasets.Dataset, cols: dict, errors: list, flagged: set, read: formats.Converted,
+               cfg: FilterConfig, fail) -> list[int]:
+    """Every row-level check but the answer's, on the texts read a batch at a time; returns the token counts."""
+    n = len(traces)
+    require_reasoning = cfg.require_reasoning and read.has_reasoning
     counts = cols.get("completion_tokens") or [None] * n
-    ids = cols.get("completion_token_ids") or [None] * n
-    out = []
-    for i in range(n):
-        if counts[i] is not None:
-            out.append(counts[i])
-        elif ids[i] is not None:
-            out.append(len(ids[i]))
-        else:
-            out.append(len((cols["completion"][i] or "").split()))
+    id_lengths = [None] * n
+    if "completion_token_ids" in traces.column_names and any(c is None for c in counts):
+        import pyarrow.compute as pc
+
+        id_lengths = pc.list_value_length(traces.with_format("arrow")["completion_token_ids"]).to_pylist()
+    tokens: list[int] = []
+    texts = traces.select_columns(["completion", "reasoning", "final"]).with_format(None)
+    for start in range(0, n, ROW_BATCH):
+        batch = texts[start:start + ROW_BATCH]
+        for k, (completion, reasoning, final) in enumerate(zip(batch["completion"], batch["reasoning"],
+                                                               batch["final"])):
+            i = start + k
+            completion, reasoning, final = completion or "", reasoning or "", final or ""
+            # completion length in teacher tokens (from the counts or the ids; words when neither is there)
+            tokens.append(counts[i] if counts[i] is not None else id_lengths[i] if id_lengths[i] is not None
+                          else len(completion.split()))
+            if errors[i] is not None:  # no text to check: one reason, not a failure of every check
+                fail(i, "generation error")
+                continue
+            if cols["id"][i] in flagged:
+                fail(i, "contaminated")
+            if cfg.require_complete and cols["finish_reason"][i] != "stop":
+                fail(i, "truncated")
+            if require_reasoning and not reasoning.strip():
+                fail(i, "no reasoning")
+            if cfg.check_format and checks.format_problem(completion, reasoning, final):
+                fail(i, "malformed")
+            if cfg.require_boxed and not checks.has_boxed(final):
+                fail(i, "no boxed answer")
+            if cfg.min_tokens is not None and tokens[i] < cfg.min_tokens:
+                fail(i, "too short")
+            if cfg.max_tokens is not None and tokens[i] > cfg.max_tokens:
+                fail(i, "too long")
+            if cfg.max_repeat_ratio is not None and \
+                    checks.repeat_ratio(completion, cfg.repeat_ngram) > cfg.max_repeat_ratio:
+                fail(i, "repetitive")
+    return tokens
+
+
+def duplicates(traces: datasets.Dataset, by_problem: dict, first_reason: list, threshold: float | None,
+               chunk_rows: int = 4096) -> list[int]:
+    """The rows still standing that duplicate an earlier one of their problem (checks.duplicate_groups), the
+    completions read for a chunk of problems at a time (a problem with one row standing has nothing to compare)."""
+    groups = [alive for rows in by_problem.values() if len(alive := [i for i in rows if first_reason[i] is None]) > 1]
+    out: list[int] = []
+    at = 0
+    while at < len(groups):
+        chunk, size = [], 0
+        while at < len(groups) and (not chunk or size + len(groups[at]) <= chunk_rows):
+            chunk.append(groups[at])
+            size += len(groups[at])
+            at += 1
+        texts = iter(column_at(traces, "completion", [i for alive in chunk for i in alive]))
+        for alive in chunk:
+            dups = checks.duplicate_groups([next(texts) or "" for _ in alive], threshold)
+            out += [i for i, dup in zip(alive, dups) if dup is not None]
     return out
 
 
