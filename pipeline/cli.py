@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "config":
             print_config(recipe)
             return 0
+        from .core import preflight
+
+        # before any stage runs: packages the settings need, lengths that fit the models' contexts
+        preflight.check(recipe, [s for s in STAGE_TABLE if getattr(recipe, s) is not None]
+                        if args.stage == "run" else [args.stage])
         if args.stage == "run":
             from . import run as run_all
 

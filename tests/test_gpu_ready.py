@@ -189,3 +189,124 @@ def test_rl_pass_rate_sampler_is_eager_on_cpu_only(monkeypatch, cuda, tmp_path):
     rl.sample_student(cfg, problems)
     assert seen["model"].backend == "vllm"
     assert seen["model"].enforce_eager is (not cuda)
+
+
+# -------------------------------------------------------------------------------------------- 3. preflight
+
+QWEN_MATH_15B = {"architectures": ["Qwen2ForCausalLM"], "max_position_embeddings": 4096, "rope_theta": 10000.0}
+
+
+def _fake_model(folder: Path, config: dict) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def _recipe(tmp_path, *overrides):
+    from pipeline.core.config import load_recipe
+
+    return load_recipe(None, list(overrides))
+
+
+def test_preflight_refuses_max_length_over_a_local_models_context(tmp_path):
+    from pipeline.core import preflight
+
+    model = _fake_model(tmp_path / "m", QWEN_MATH_15B)
+    ok = _recipe(tmp_path, "--sft.output", str(tmp_path / "o"), "--sft.student", model, "--sft.max_length", "4096")
+    preflight.check(ok, ["sft"])
+    bad = _recipe(tmp_path, "--sft.output", str(tmp_path / "o"), "--sft.student", model, "--sft.max_length", "16384")
+    with pytest.raises(preflight.PreflightError) as e:
+        preflight.check(bad, ["sft"])
+    msg = str(e.value)
+    assert "\n" not in msg and "sft.max_length 16384" in msg and "4096" in msg and "RoPE" in msg
+    preflight.check(bad, ["generate"])  # only the stages about to run are checked
+
+
+def test_preflight_reads_rope_scaling_and_skips_models_it_cannot_read(tmp_path):
+    from pipeline.core import preflight
+
+    yarn = _fake_model(tmp_path / "yarn", {"max_position_embeddings": 4096,
+                                           "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                                                            "original_max_position_embeddings": 4096}})
+    assert preflight.model_context(yarn)[0] == 16384
+    preflight.check(_recipe(tmp_path, "--sft.output", "o", "--sft.student", yarn, "--sft.max_length", "16384"), ["sft"])
+    for unreadable in ("org/not-in-the-cache", str(tmp_path / "not-trained-yet"), "demo:smollm2-135m-instruct",
+                       _fake_model(tmp_path / "noctx", {"architectures": ["X"]})):
+        assert preflight.model_context(unreadable) is None
+        preflight.check(_recipe(tmp_path, "--sft.output", "o", "--sft.student", unreadable,
+                                "--sft.max_length", "100000"), ["sft"])
+
+
+def test_preflight_reads_the_hub_cache_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from pipeline.core import preflight
+
+    repo = tmp_path / "hub" / "models--Qwen--Qwen2.5-Math-1.5B"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    _fake_model(repo / "snapshots" / "abc123", QWEN_MATH_15B)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert preflight.model_context("Qwen/Qwen2.5-Math-1.5B") == (4096, "max_position_embeddings 4096")
+
+
+def test_preflight_checks_evaluate_and_generate_engine_lengths(tmp_path, monkeypatch):
+    from pipeline.core import preflight
+
+    model = _fake_model(tmp_path / "m", QWEN_MATH_15B)
+    r = _recipe(tmp_path, "--evaluate.output", "e", "--evaluate.benchmarks", "[gsm8k]",
+                "--evaluate.models", f"[{{name: s, model: {model}, max_model_len: 32768}}]")
+    with pytest.raises(preflight.PreflightError, match=r"evaluate.models\[0\].max_model_len \(s\) 32768 .* 4096"):
+        preflight.check(r, ["evaluate"])
+    monkeypatch.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")  # vLLM's own escape hatch is honoured
+    preflight.check(r, ["evaluate"])
+    monkeypatch.delenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN")
+    g = _recipe(tmp_path, "--generate.output", "g", "--generate.problems.source", "gsm8k",
+                "--generate.teacher.model", model, "--generate.teacher.max_model_len", "8192")
+    with pytest.raises(preflight.PreflightError, match="generate.teacher.max_model_len 8192"):
+        preflight.check(g, ["generate"])
+
+
+def test_gpu_recipes_fit_their_models_contexts(monkeypatch):
+    """The shipped GPU recipes against the real models' config.json values (as read offline from the Hub cache)."""
+    from pipeline.core import preflight
+    from pipeline.core.config import load_recipe
+
+    contexts = {"Qwen/Qwen2.5-Math-1.5B": QWEN_MATH_15B,
+                "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B": {"max_position_embeddings": 131072},
+                "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": {"max_position_embeddings": 131072},
+                "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": {"max_position_embeddings": 131072}}
+    monkeypatch.setattr(preflight, "_local_config", lambda model, revision=None: contexts.get(model))
+    monkeypatch.setattr(preflight, "_installed", lambda module: True)
+    for name in ("sft-distill-qwen2.5-1.5b.yaml", "r1-gsm8k-qwen7b.yaml", "rl-r1-distill-qwen-1.5b.yaml"):
+        recipe = load_recipe(ROOT / "recipes" / name)
+        stages = [s for s in ("generate", "filter", "sft", "kd", "rl", "evaluate") if getattr(recipe, s) is not None]
+        preflight.check(recipe, stages)
+        if recipe.filter is not None and recipe.sft is not None:  # the kept traces fit what sft trains on
+            assert recipe.filter.max_tokens < recipe.sft.max_length
+        if recipe.evaluate is not None:
+            for m in recipe.evaluate.models:
+                assert recipe.evaluate.sampling.max_tokens < m.max_model_len
+
+
+@pytest.mark.parametrize("setting, module, words", [
+    (["--sft.report_to", "[tensorboard]"], "tensorboard", "pip install tensorboard"),
+    (["--sft.attn_implementation", "flash_attention_2"], "flash", "pip install kernels"),
+    ([], "deepspeed", "pip install deepspeed"),
+])
+def test_preflight_names_the_package_a_setting_needs(tmp_path, monkeypatch, capsys, setting, module, words):
+    from pipeline import cli
+    from pipeline.core import preflight
+
+    missing = {"flash": ("flash_attn", "kernels")}.get(module, (module,))
+    monkeypatch.setattr(preflight, "_installed", lambda m: m not in missing)
+    if module == "deepspeed":
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    args = ["sft", "--sft.output", str(tmp_path / "o"), "--sft.student", "x", "--sft.data", str(tmp_path / "d"),
+            *setting]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("distill sft: error:") and words in err and "\n" not in err
+    assert not (tmp_path / "o").exists()  # refused before the stage started
+    monkeypatch.setattr(preflight, "_installed", lambda m: True)
+    preflight.check(cli.load_recipe(None, args[1:]), ["sft"])
