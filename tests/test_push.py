@@ -299,6 +299,21 @@ def _one_line_error(capsys) -> str:
     return lines[0]
 
 
+def test_no_pickle_is_pushed_and_pickled_weights_are_refused(run_dir, tmp_path, token_env, no_network, capsys):
+    out = tmp_path / "sft"
+    shutil.copytree(run_dir / "sft", out)
+    (out / "model" / "optimizer.pt").write_bytes(b"pickle")  # any pickle beside the weights stays home
+    preview = tmp_path / "preview"
+    assert cli_main(_push(run_dir, "--push.model", str(out), "--dry-run", "--push.dry_run_dir", str(preview))) == 0
+    names = [p.name for p in (preview / "model").rglob("*")]
+    assert "model.safetensors" in names and not [n for n in names if n.endswith((".bin", ".pt", ".pkl", ".pth"))]
+    capsys.readouterr()
+    (out / "model" / "model.safetensors").rename(out / "model" / "pytorch_model.bin")
+    assert cli_main(_push(run_dir, "--push.model", str(out), "--dry-run", "--push.dry_run_dir", str(preview))) == 1
+    line = _one_line_error(capsys)
+    assert "holds its weights as a pickle (pytorch_model.bin)" in line and "safetensors" in line
+
+
 def test_no_token_stops_before_any_request(run_dir, monkeypatch, capsys, online):
     import huggingface_hub
 

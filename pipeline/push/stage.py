@@ -32,6 +32,8 @@ from .cards import PROJECT_TAG, Facts, dataset_card, display, is_hub_id, model_c
 logger = get_logger("push")
 
 SKIP_MODEL_FILES = {"README.md", "training_args.bin"}  # our card replaces peft's; the trainer's pickled arguments stay home
+# pickle formats: the Hub flags a pickle in a model repo as unsafe to load, so none is pushed (weights go as safetensors)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 SHARD_BYTES = 500 * 2**20  # Parquet shards of about this many bytes of Arrow data
 
 
@@ -178,6 +180,11 @@ def check_model_folder(model_dir: Path, given: str) -> str:
     the method the files show (full or lora-adapter)."""
     names = {p.name for p in model_dir.iterdir() if p.is_file()}
     adapter = "adapter_config.json" in names
+    pickled = sorted(n for n in names if n.endswith(".bin") and n.startswith(("pytorch_model", "adapter_model")))
+    if pickled and not any(n.endswith(".safetensors") for n in names):
+        raise PushError(f"push.model {given} holds its weights as a pickle ({pickled[0]}), which the Hub flags as "
+                        f"unsafe to load and push leaves out; save them as safetensors (save_pretrained writes "
+                        f"*.safetensors by default) and push again")
     if adapter:
         if not names & {"adapter_model.safetensors", "adapter_model.bin"}:
             raise PushError(f"push.model {given} is incomplete: adapter_config.json without adapter_model.safetensors")
@@ -335,6 +342,9 @@ def stage_model(f: Facts, dest: Path, cfg: PushConfig) -> list[str]:
     for p in sorted(f.model_dir.rglob("*")):
         rel = p.relative_to(f.model_dir)
         if p.is_dir() or any(part.startswith(".") for part in rel.parts) or rel.as_posix() in SKIP_MODEL_FILES:
+            continue
+        if p.suffix in PICKLE_SUFFIXES:
+            notes.append(f"{rel} left out: a pickle, which the Hub flags as unsafe to load")
             continue
         link_or_copy(p, dest / rel)
     names = {p.name for p in dest.iterdir()}
