@@ -207,6 +207,9 @@ class OptimConfig:
                                  "before the run fails; raise it when rank 0 works alone for long (rl's pass-rate "
                                  "sampling, merging a LoRA adapter, saving a large student)", min=1, operational=True)
     lora: LoraOptions = opt(factory=LoraOptions, help="LoRA options (a section)")
+    save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
+        "auto", "dtype of the saved student's weights; auto: the base model's (its config's dtype / torch_dtype, "
+                "e.g. bfloat16 for SmolLM2), float32 when it names none")
     attn_implementation: str | None = opt(None, "e.g. sdpa, flash_attention_2 (default: transformers' choice)")
     trust_remote_code: bool = opt(False, "allow model code from the Hub")
     overwrite: bool = opt(False, "retrain an output made with another config or data", operational=True)
@@ -222,6 +225,10 @@ class TrainConfig(OptimConfig):
     long_examples: Literal["drop", "truncate"] = opt("drop", "examples over max_length: drop them, or cut them (they lose their EOS)")
     packing: bool = opt(True, "padding-free best-fit packing of several examples per row (TRL bfd; on CPU it saves "
                               "memory, not time)")
+    train_turns: Literal["last", "all"] = opt(
+        "last", "assistant turns that carry loss in a multi-turn conversation: last (the final answer; the earlier "
+                "turns are context) or all (every assistant turn, as TRL's assistant_only_loss; kd: online mode "
+                "only); a prompt/completion row's prompt is never trained")
 
 
 @dataclass

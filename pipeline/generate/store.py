@@ -7,6 +7,10 @@
 
 A crash or kill -9 can lose at most the rows not yet flushed to a shard; it can never leave a
 `dataset/` or `summary.json` that looks complete.
+
+The traces' `messages` is the prompt as sent (no assistant turn) and `completion` the raw text, as distill filter
+reads them (DESIGN.md), so TRL's SFTTrainer given `dataset/` as it is would train on the prompt alone: `as_trl`
+turns them into TRL's conversational prompt/completion columns, which it trains on the completion only.
 """
 
 from __future__ import annotations
@@ -139,3 +143,13 @@ class TraceStore:
     def complete_summary(self, fingerprint: dict) -> dict | None:
         """The summary of a finished run with this fingerprint, else None."""
         return self.output.finished(fingerprint)
+
+
+def as_trl(dataset):
+    """The traces as TRL's conversational prompt/completion dataset: prompt = the messages as sent, completion =
+    [{"role": "assistant", "content": the teacher's raw text}]; failed requests (no completion) dropped. TRL's
+    SFTTrainer trains it on the completion only (completion_only_loss, its default for prompt/completion)."""
+    ok = dataset.filter(lambda r: r["error"] is None and r["completion"] is not None, desc="dropping failed rows")
+    return ok.map(lambda r: {"prompt": r["messages"],
+                             "completion": [{"role": "assistant", "content": r["completion"]}]},
+                  remove_columns=["messages", "completion"], desc="prompt/completion columns")

@@ -2,7 +2,8 @@
 
 Output folder of a training stage:
     checkpoints/     trainer checkpoints (resume points; removed when training finishes, unless keep_checkpoints)
-    model/           the trained student: weights, tokenizer + chat template, generation config (appears when done)
+    model/           the trained student: weights (safetensors, in the base model's dtype unless save_dtype says
+                     otherwise; no pickle), tokenizer + chat template, generation config (appears when done)
     train_log.jsonl  one line per logging step; loss.png at the end; runs/ with TensorBoard events when asked
     summary.json     written last: its presence means the stage finished
 """
@@ -26,7 +27,8 @@ from ..core.io import atomic_write_text, data_fingerprint, load_dataset_folder_o
 from ..core.log import get_logger
 from ..core.output import OutputMismatch, StageOutput
 from ..core.stages import summary_path
-from .templates import IGNORE, Preflight, encode, resolve_chat_template
+from . import formats
+from .templates import IGNORE, Preflight, TemplateError, encode, resolve_chat_template
 
 logger = get_logger("train")
 
@@ -38,13 +40,16 @@ class TrainError(DistillError, ValueError):
 # ----------------------------------------------------------------------------------------------- data
 
 def load_training_set(source: str, stage: str) -> datasets.Dataset:
-    """A filter output folder, a save_to_disk folder, a JSONL/Parquet file or a Hub dataset id."""
+    """A filter output folder, a save_to_disk folder, a JSONL/Parquet file or a Hub dataset id, in any of the
+    formats of train/formats.py, read into a `messages` column of ChatML turns (every row ending with the
+    assistant's answer, else a one-line error naming the row)."""
     path = Path(source)
+    key = f"{stage}.data"
     if path.is_file():
         kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
         if kind is None:
-            raise TrainError(f"{stage}.data {source}: use a .jsonl, .json or .parquet file, or a dataset folder")
-        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+            raise TrainError(f"{key} {source}: use a .jsonl, .json or .parquet file, or a dataset folder")
+        ds = _load_file(path, kind, f"{key} {source}")
     else:
         if (path / "dataset").is_dir():
             if (path / "shards").is_dir():
@@ -52,28 +57,53 @@ def load_training_set(source: str, stage: str) -> datasets.Dataset:
             if not summary_path("filter", path).exists():
                 raise TrainError(f"{source} is an unfinished filter output (no report.json); rerun distill filter")
             path = path / "dataset"
-        ds = load_dataset_folder_or_hub(source, path, f"{stage}.data", "a distill filter output or a save_to_disk "
+        ds = load_dataset_folder_or_hub(source, path, key, "a distill filter output or a save_to_disk "
                                         "folder", TrainError)
-    if "messages" not in ds.column_names:
-        raise TrainError(f"{stage}.data {source} has no 'messages' column (chat turns, as distill filter writes); "
-                         f"columns: {', '.join(ds.column_names)}")
     if len(ds) == 0:
-        raise TrainError(f"{stage}.data {source} has no examples; loosen the filter or generate more traces")
-    first = ds[0]["messages"]
-    if not first or first[-1].get("role") != "assistant":
-        raise TrainError(f"{stage}.data {source}: the conversations do not end with an assistant turn (raw traces?); "
-                         f"train on the output of distill filter")
-    return ds
+        raise TrainError(f"{key} {source} has no examples; loosen the filter or generate more traces")
+    try:
+        return formats.to_messages(ds, source, key)
+    except formats.FormatError as e:
+        raise TrainError(str(e)) from None
+
+
+def _load_file(path: Path, kind: str, label: str) -> datasets.Dataset:
+    """datasets' own builder (Arrow-cached, memory-light); what it cannot read is read again by core.data's reader,
+    whose error names the file (and the line of a malformed one) in one line, where datasets raises a traceback
+    (StopIteration for an empty file, DatasetGenerationError without the line for a bad one)."""
+    from ..core.data import load_file
+
+    import logging
+
+    quiet = logging.getLogger("datasets.packaged_modules.json.json")  # logs the parse error before raising it
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        return datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception:  # noqa: BLE001 - whatever the builder raises, the reader below says it in one line
+        try:
+            return load_file(path, label=label)
+        except DistillError as e:
+            raise TrainError(str(e)) from None
+    finally:
+        quiet.setLevel(level)
 
 
 def encode_dataset(ds: datasets.Dataset, tokenizer, cfg: TrainConfig) -> tuple[datasets.Dataset, dict]:
-    """input_ids + labels (loss on the assistant turn) for every example; long ones dropped or cut."""
+    """input_ids + labels (loss on the assistant turns train_turns names) for every example; long ones dropped or
+    cut."""
+    turns = getattr(cfg, "train_turns", "last")
+    has_prompt = "prompt_turns" in ds.column_names
 
-    def enc(row):
-        e = encode(tokenizer, row["messages"])
+    def enc(row, i):
+        try:
+            e = encode(tokenizer, row["messages"], turns, row["prompt_turns"] if has_prompt else 0)
+        except TemplateError as err:
+            raise TrainError(f"{cfg.data} row {i}: {err}") from None
         return {"input_ids": e.input_ids, "labels": e.labels, "length": len(e.input_ids)}
 
-    encoded = ds.map(enc, remove_columns=ds.column_names, desc="tokenising", load_from_cache_file=False)
+    encoded = ds.map(enc, with_indices=True, remove_columns=ds.column_names, desc="tokenising",
+                     load_from_cache_file=False)
     encoded, stats = fit_length(encoded, cfg, ("input_ids", "labels"))
     return encoded.remove_columns("length"), stats
 
@@ -339,6 +369,11 @@ def save_student(trainer, cfg: OptimConfig, tokenizer, pre: Preflight, out: Path
         merged = PeftModel.from_pretrained(base, str(tmp)).merge_and_unload()
         shutil.rmtree(tmp)
         merged.save_pretrained(str(tmp))
+    # the trainer's pickled arguments are for resuming (checkpoints/ keep theirs), not part of a published model:
+    # the Hub flags a pickle in a model folder as unsafe to load
+    (tmp / "training_args.bin").unlink(missing_ok=True)
+    cast_saved_weights(tmp, save_dtype(cfg), keep_fp32=getattr(trainer.accelerator.unwrap_model(trainer.model),
+                                                                "_keep_in_fp32_modules", None) or ())
     tokenizer.eos_token = pre.turn_end
     tokenizer.save_pretrained(str(tmp))
     try:
@@ -353,6 +388,64 @@ def save_student(trainer, cfg: OptimConfig, tokenizer, pre: Preflight, out: Path
     os.replace(tmp, final)
     trainer.accelerator.wait_for_everyone()
     return final
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def save_dtype(cfg: OptimConfig) -> str:
+    """The dtype the student is saved in: save_dtype, or with auto the base model's own (its config's `dtype`, or
+    `torch_dtype` as older configs name it), float32 when it names none. Training itself keeps fp32 master weights
+    (mixed precision), so without this a bf16 base would be published at twice its size."""
+    if cfg.save_dtype != "auto":
+        return cfg.save_dtype
+    from transformers import AutoConfig
+
+    try:
+        conf = AutoConfig.from_pretrained(cfg.student, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError):
+        return "float32"
+    for c in (conf, getattr(conf, "get_text_config", lambda: conf)()):
+        d = getattr(c, "dtype", None) or getattr(c, "torch_dtype", None)
+        name = str(d).removeprefix("torch.") if d is not None else None
+        if name in DTYPES:
+            return name
+    return "float32"
+
+
+def cast_saved_weights(folder: Path, dtype: str, keep_fp32=()) -> None:
+    """Every floating tensor of the folder's *.safetensors in `dtype` (modules the model class keeps in fp32 stay
+    there), and config.json saying so. Done on the saved files, so it works alike for sharded, ZeRO-3/FSDP-gathered,
+    merged and adapter-only saves, with no second copy of the model in memory beyond one shard."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    target = getattr(torch, dtype)
+    sizes = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as h:
+            meta = h.metadata() or {"format": "pt"}
+        tensors = load_file(str(f))
+        changed = False
+        for name, t in tensors.items():
+            if t.is_floating_point() and t.dtype != target and not any(m in name for m in keep_fp32):
+                tensors[name] = t.to(target)
+                changed = True
+        if changed:
+            save_file(tensors, str(f), metadata=meta)
+        sizes[f.name] = sum(t.numel() * t.element_size() for t in tensors.values())
+    for index in folder.glob("*.safetensors.index.json"):
+        d = json.loads(index.read_text())
+        d.setdefault("metadata", {})["total_size"] = sum(sizes.get(n, 0) for n in set(d.get("weight_map", {}).values()))
+        atomic_write_text(index, json.dumps(d, indent=2, sort_keys=True) + "\n")
+    conf = folder / "config.json"
+    if conf.is_file():
+        d = json.loads(conf.read_text())
+        d["dtype"] = dtype
+        if "torch_dtype" in d:
+            d["torch_dtype"] = dtype
+        atomic_write_text(conf, json.dumps(d, indent=2, sort_keys=True) + "\n")
 
 
 def train_and_save(trainer, cfg: OptimConfig, stage: str, *, tokenizer, pre: Preflight, out: Path, fp: str,

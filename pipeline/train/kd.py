@@ -109,7 +109,7 @@ def build(cfg: KDConfig, raw=None, *, callbacks: list | None = None, verbose: bo
     # vocabulary first: nothing is encoded or loaded until teacher and student are known to share token ids
     tokenizer = tokenizer or common.load_tokenizer(cfg, "kd")
     vocab_size, vocab_check, teacher_name, teacher_tok = vocab or check_vocabulary(cfg, tokenizer, verbose=verbose)
-    pre = preflight(tokenizer, raw[0]["messages"])
+    pre = preflight(tokenizer, raw[0]["messages"], cfg.train_turns)
     pair = None
     if vocab_check == "cross":
         from . import xtok_data
@@ -182,6 +182,12 @@ def validate(cfg: KDConfig) -> None:
                          "would need aligning at every step); use kd.mode online")
     if cfg.hybrid_matched_weight is not None and not 0.0 <= cfg.hybrid_matched_weight <= 1.0:
         raise TrainError(f"kd.hybrid_matched_weight must be in [0, 1], got {cfg.hybrid_matched_weight}")
+    if cfg.train_turns == "all" and (cfg.mode != "online" or cfg.cross_tokenizer):
+        why = ("the offline traces hold the teacher's tokens of the last turn alone" if cfg.mode == "offline" else
+               "on_policy samples the last turn" if cfg.mode == "on_policy" else
+               "the cross-tokenizer alignment covers the last turn")
+        raise TrainError(f"kd.train_turns all works with kd.mode online and one tokenizer only ({why}); use "
+                         f"kd.train_turns last")
     if cfg.teacher_dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise TrainError(f"kd.teacher_dtype {cfg.teacher_dtype!r} is not one of auto, float32, bfloat16, float16")
 

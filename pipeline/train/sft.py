@@ -1,7 +1,8 @@
 """`distill sft`: TRL's SFTTrainer fine-tunes the student on the kept traces (full or LoRA), loss on the answer.
 
 Examples are tokenised here (prompt + completion through the chat template, checked by the preflight) and handed
-to SFTTrainer as `input_ids` + `labels`, so what is trained is exactly what the preflight looked at.
+to SFTTrainer as `input_ids` + `labels`, so what is trained is exactly what the preflight looked at. The data may be
+in any of TRL's formats or ShareGPT's (train/formats.py); sft.train_turns picks the assistant turns trained.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
         return done
 
     tokenizer = common.load_tokenizer(cfg, "sft")
-    pre = preflight(tokenizer, raw[0]["messages"])
+    pre = preflight(tokenizer, raw[0]["messages"], cfg.train_turns)
     train, data_stats = common.encode_dataset(raw, tokenizer, cfg)
     if state.is_main_process:
         over = data_stats["examples_over_max_length"]

@@ -68,12 +68,54 @@ def render(tokenizer, messages: list[dict]) -> tuple[str, str]:
     return prompt, full[len(prompt):]
 
 
-def encode(tokenizer, messages: list[dict]) -> Encoded:
-    """Token ids and labels (-100 on the prompt); prompt and completion are tokenised apart, as at serving time."""
+def encode(tokenizer, messages: list[dict], turns: str = "last", prompt_turns: int = 0) -> Encoded:
+    """Token ids and labels (-100 off the trained turns); prompt and completion are tokenised apart, as at serving
+    time. turns `last`: the final assistant turn carries loss; `all`: every assistant turn after the first
+    `prompt_turns` turns (a prompt/completion row's prompt is never trained)."""
+    if turns == "all":
+        return encode_all(tokenizer, messages, prompt_turns)
     prompt, completion = render(tokenizer, messages)
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     return Encoded(p_ids + c_ids, [IGNORE] * len(p_ids) + c_ids, len(p_ids), completion)
+
+
+def encode_all(tokenizer, messages: list[dict], prompt_turns: int = 0) -> Encoded:
+    """Loss on every assistant turn, as TRL's `assistant_only_loss` trains them, without needing `{% generation %}`
+    markers: each assistant turn i is the text between the conversation up to it rendered with the generation
+    prompt and the conversation up to and including it; the pieces must nest (a template that renders earlier
+    assistant turns differently, e.g. stripping their reasoning, cannot train them as they are shown)."""
+    if not messages or messages[-1].get("role") != "assistant":
+        raise TemplateError("a training conversation must end with an assistant turn")
+    cuts: list[tuple[int, int]] = []  # (start, end) character spans of the trained turns in the full text
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    for i, m in enumerate(messages):
+        if m.get("role") != "assistant" or i < prompt_turns:
+            continue
+        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else \
+            tokenizer.apply_chat_template([], tokenize=False, add_generation_prompt=True)
+        upto = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
+        if not (upto.startswith(before) and full.startswith(upto)) or (cuts and len(before) < cuts[-1][1]):
+            raise TemplateError(f"the chat template renders assistant turn {i} differently once later turns follow "
+                                f"(as templates that strip past reasoning do), so it cannot be trained as shown; use "
+                                f"train_turns: last, or chat_template: fallback")
+        cuts.append((len(before), len(upto)))
+    ids: list[int] = []
+    labels: list[int] = []
+    pos = 0
+    for start, end in cuts:
+        for text, trained in ((full[pos:start], False), (full[start:end], True)):
+            if text:
+                t = tokenizer(text, add_special_tokens=False)["input_ids"]
+                ids += t
+                labels += t if trained else [IGNORE] * len(t)
+        pos = end
+    if pos < len(full):
+        t = tokenizer(full[pos:], add_special_tokens=False)["input_ids"]
+        ids += t
+        labels += [IGNORE] * len(t)
+    first = next((j for j, t in enumerate(labels) if t != IGNORE), len(labels))
+    return Encoded(ids, labels, first, full[cuts[-1][0]:cuts[-1][1]] if cuts else "")
 
 
 def _squash(text: str) -> str:
@@ -87,10 +129,10 @@ class Preflight:
     example_tokens: int
 
 
-def preflight(tokenizer, messages: list[dict]) -> Preflight:
+def preflight(tokenizer, messages: list[dict], turns: str = "last") -> Preflight:
     """Render one example and check that the whole answer (reasoning included) and an end-of-turn token are in
     the tokens that carry loss. Raises TemplateError with the fix otherwise."""
-    enc = encode(tokenizer, messages)
+    enc = encode(tokenizer, messages, turns)
     trained_ids = [t for t in enc.labels if t != IGNORE]
     trained = tokenizer.decode(trained_ids, skip_special_tokens=False)
     answer = _squash(messages[-1]["content"])
