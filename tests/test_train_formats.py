@@ -145,6 +145,18 @@ def test_kd_train_turns_all_only_where_it_makes_sense(tiny_model, tmp_path):
                         "--kd.teacher", tiny_model))
 
 
+def test_kd_online_trains_every_assistant_turn_with_train_turns_all(tok, tiny_model, tmp_path):
+    data = save(tmp_path, "multi", [{"messages": MULTI}] * 2)
+    for turns, want in (("last", [A2]), ("all", [A, A2])):
+        cfg = cfg_for("kd", tiny_model, data, tmp_path / turns, "--kd.mode", "online", "--kd.teacher", tiny_model,
+                      "--kd.train_turns", turns, "--kd.packing", "false")
+        p = kd.build(cfg, verbose=False)
+        batch = next(iter(p.trainer.get_train_dataloader()))
+        ids, labels = batch["input_ids"][0], batch["labels"][0]
+        trained = tok.decode(ids[labels != IGNORE])
+        assert trained == "".join(t + "<|im_end|>\n" for t in want), (turns, trained)
+
+
 # ------------------------------------------------------------------------------------------ one-line errors
 
 def test_a_later_row_without_an_answer_is_named_by_its_row(tmp_path):
