@@ -20,7 +20,8 @@ Each run is `distill filter --filter.input FILE --filter.output DIR --filter.pro
 --filter.overwrite true` as a subprocess (the real CLI, the real verifier pool, default workers: all cores).
 Measured: wall time of the subprocess (start-up included), trace rows (2 N) / s; memory by polling /proc
 every 0.1 s over the whole process tree (the stage, the verifier's template and its workers): the peak of
-the stage process's own RSS, and the peak of the tree's summed PSS (forked workers share pages; PSS counts
+the stage process's own RSS and its anonymous part (RSS less the pages of memory-mapped files, which
+the kernel can drop and read again), and the peak of the tree's summed PSS (forked workers share pages; PSS counts
 each shared page once across them); `getrusage(RUSAGE_CHILDREN).ru_maxrss` is printed too (the largest
 single process reaped). With --compare REV, the code of REV (git archive into a temp folder, run with
 PYTHONPATH pointing at it) runs on the same inputs, alternating with the working tree, so the ratios are
@@ -209,9 +210,9 @@ def _tree(pid: int) -> list[int]:
     return seen
 
 
-def _mem_kb(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) of one process in KiB; (0, 0) when it is gone."""
-    rss = pss = 0
+def _mem_kb(pid: int) -> tuple[int, int, int]:
+    """(RSS, PSS, anonymous) of one process in KiB; zeros when it is gone."""
+    rss = pss = anon = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
@@ -219,9 +220,11 @@ def _mem_kb(pid: int) -> tuple[int, int]:
                     rss = int(line.split()[1])
                 elif line.startswith("Pss:"):
                     pss = int(line.split()[1])
+                elif line.startswith("Anonymous:"):
+                    anon = int(line.split()[1])
     except OSError:
         pass
-    return rss, pss
+    return rss, pss, anon
 
 
 def run_filter(code_root: Path, src: Path, out: Path, workers: int | None) -> dict:
@@ -236,12 +239,14 @@ def run_filter(code_root: Path, src: Path, out: Path, workers: int | None) -> di
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=code_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak_main = peak_tree = procs = 0
+    peak_main = peak_tree = peak_anon = peak_anon_tree = procs = 0
     while proc.poll() is None:
         pids = _tree(proc.pid)
         mems = [_mem_kb(p) for p in pids]
         peak_main = max(peak_main, mems[0][0])
         peak_tree = max(peak_tree, sum(m[1] for m in mems))
+        peak_anon = max(peak_anon, mems[0][2])
+        peak_anon_tree = max(peak_anon_tree, sum(m[2] for m in mems))
         procs = max(procs, len(pids))
         time.sleep(0.1)
     wall = time.monotonic() - t0
@@ -251,7 +256,8 @@ def run_filter(code_root: Path, src: Path, out: Path, workers: int | None) -> di
         raise SystemExit(f"distill filter failed ({proc.returncode}) with {code_root}:\n{log[-3000:]}")
     report = json.loads((out / "report.json").read_text())
     return {"wall_s": wall, "rows_in": report["rows_in"], "rows_kept": report["rows_kept"],
-            "peak_rss_main_mb": peak_main / 1024, "peak_pss_tree_mb": peak_tree / 1024, "max_procs": procs,
+            "peak_rss_main_mb": peak_main / 1024, "peak_pss_tree_mb": peak_tree / 1024,
+            "peak_anon_main_mb": peak_anon / 1024, "peak_anon_tree_mb": peak_anon_tree / 1024, "max_procs": procs,
             "ru_maxrss_mb": after.ru_maxrss / 1024, "cpu_s": (after.ru_utime + after.ru_stime)
             - (before.ru_utime + before.ru_stime), "rejected": report["rejected"]}
 
@@ -327,7 +333,7 @@ def main() -> int:
             outs[label] = out
             print(f"  N={n:>7} {label:<22} {r['rows_in']:>7} rows in {r['wall_s']:7.1f} s = {r['rows_per_s']:7.0f} "
                   f"rows/s  peak RSS stage {r['peak_rss_main_mb']:6.0f} MiB, tree PSS {r['peak_pss_tree_mb']:6.0f} "
-                  f"MiB ({r['max_procs']} procs), ru_maxrss {r['ru_maxrss_mb']:6.0f} MiB, cpu {r['cpu_s']:.0f} s, "
+                  f"MiB ({r['max_procs']} procs), anon stage {r['peak_anon_main_mb']:.0f} MiB, ru_maxrss {r['ru_maxrss_mb']:6.0f} MiB, cpu {r['cpu_s']:.0f} s, "
                   f"kept {r['rows_kept']}", flush=True)
         if len(outs) == 2:
             diff = same_output(*outs.values())
@@ -340,15 +346,18 @@ def main() -> int:
             for out in outs.values():
                 shutil.rmtree(out, ignore_errors=True)
     print()
-    print(f"{'N problems':>10} {'rows':>7} {'code':<22} {'seconds':>8} {'rows/s':>8} {'RSS MiB':>8} {'tree PSS':>9}")
+    print(f"{'N problems':>10} {'rows':>7} {'code':<22} {'seconds':>8} {'rows/s':>8} {'RSS MiB':>8} {'anon MiB':>9} "
+          f"{'tree PSS':>9} {'tree anon':>9}")
     for r in results:
         print(f"{r['n']:>10} {r['rows_in']:>7} {r['code']:<22} {r['wall_s']:8.1f} {r['rows_per_s']:8.0f} "
-              f"{r['peak_rss_main_mb']:8.0f} {r['peak_pss_tree_mb']:9.0f}")
+              f"{r['peak_rss_main_mb']:8.0f} {r['peak_anon_main_mb']:9.0f} {r['peak_pss_tree_mb']:9.0f} "
+              f"{r['peak_anon_tree_mb']:9.0f}")
     if args.compare:
         for n in args.n:
             b, a = (next(r for r in results if r["n"] == n and r["code"].startswith(k)) for k in ("before", "after"))
             print(f"N={n}: after/before rows/s {a['rows_per_s'] / b['rows_per_s']:.2f}x, peak RSS "
-                  f"{b['peak_rss_main_mb']:.0f} -> {a['peak_rss_main_mb']:.0f} MiB, tree PSS "
+                  f"{b['peak_rss_main_mb']:.0f} -> {a['peak_rss_main_mb']:.0f} MiB (anonymous "
+                  f"{b['peak_anon_main_mb']:.0f} -> {a['peak_anon_main_mb']:.0f}), tree PSS "
                   f"{b['peak_pss_tree_mb']:.0f} -> {a['peak_pss_tree_mb']:.0f} MiB")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "results": results}, indent=1))

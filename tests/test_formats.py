@@ -335,3 +335,25 @@ def test_own_traces_from_a_jsonl_file_are_read_as_they_are_and_reused(tmp_path, 
     assert report["format"] == "distill" and report["rejected"] == {"incorrect": 1} and "format" not in report["fingerprint"]
     run_filter(src, out)
     assert "reusing it" in capsys.readouterr().out
+
+
+def test_parquet_is_memory_mapped_with_the_same_rows_and_the_scratch_folder_goes(tmp_path, monkeypatch):
+    import datetime
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = write(OPENR1, tmp_path, "parquet")
+    (tmp_path / "scratch").mkdir()
+    mapped = formats.read(src, lambda: str(tmp_path / "scratch"))
+    assert mapped.cache_files and mapped.to_list() == formats.read(src).to_list()
+    assert formats.input_fingerprint(mapped, src) == formats.input_fingerprint(formats.read(src), src)  # its bytes
+    odd = tmp_path / "odd.parquet"  # a type from_list would infer otherwise: read the usual way
+    pq.write_table(pa.table({"problem": ["p"], "when": [datetime.datetime(2020, 1, 1)]}), odd)
+    assert not formats.read(str(odd), lambda: str(tmp_path)).cache_files
+    scratch_dirs = []
+    real = filter_stage.Scratch.__call__
+    monkeypatch.setattr(filter_stage.Scratch, "__call__", lambda self: scratch_dirs.append(real(self)) or self.path)
+    run_filter(src, tmp_path / "out")
+    assert scratch_dirs and not any(Path(d).exists() for d in scratch_dirs)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,12 +66,18 @@ class Converted:
 
 # ------------------------------------------------------------------------------------------------ reading
 
-def read(source: str) -> datasets.Dataset | None:
+def read(source: str, scratch=None) -> datasets.Dataset | None:
     """A .jsonl/.json/.parquet file through core.data's readers (each bad line named), else None (the caller
-    reads folders and Hub ids)."""
+    reads folders and Hub ids). With `scratch` (a callable that gives a folder for temporary files), a Parquet
+    file of plain columns is streamed into an Arrow file there and memory-mapped instead: the same rows and
+    values, without holding the input in memory."""
     path = Path(source).expanduser()
     if not path.is_file():
         return None
+    if scratch is not None and path.suffix.lower() == ".parquet":
+        mapped = _parquet_mapped(path, scratch)
+        if mapped is not None:
+            return mapped
     rows, _ = core_data._read_file(path, label=source)
     if not rows:
         raise FilterError(f"filter.input {source}: no rows")
@@ -81,12 +88,46 @@ def read(source: str) -> datasets.Dataset | None:
                           f"({str(e).splitlines()[0][:200]})") from None
 
 
+def _plain(t) -> bool:
+    """An Arrow type whose Python values read back the same after from_list's own inference."""
+    import pyarrow as pa
+
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _plain(t.value_type)
+    if pa.types.is_struct(t):
+        return all(_plain(t.field(k).type) for k in range(t.num_fields))
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
+            or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t))
+
+
+def _parquet_mapped(path: Path, scratch) -> datasets.Dataset | None:
+    """The Parquet file's rows in a memory-mapped Arrow file under scratch(); None (read it the usual way, which
+    names any problem): empty, unreadable, or a column type other than plain strings, numbers, lists, structs."""
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow.remove_metadata()  # no datasets/pandas metadata: values as plain Python
+        if pf.metadata.num_rows == 0 or not schema.names or len(set(schema.names)) != len(schema.names) \
+                or not all(_plain(f.type) for f in schema):
+            return None
+        fd, dest = tempfile.mkstemp(suffix=".arrow", prefix="input-", dir=scratch())
+        os.close(fd)
+        with pa.OSFile(dest, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            for batch in pf.iter_batches(batch_size=1000):
+                writer.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
+        return datasets.Dataset.from_file(dest)
+    except (pa.ArrowException, OSError, ValueError, TypeError):
+        return None
+
+
 def input_fingerprint(ds: datasets.Dataset, source: str) -> str:
     """The input's content: its Arrow files (folders, the Hub cache) or the bytes of the file it was read from."""
-    if ds.cache_files:
-        return data_fingerprint(ds)
     path = Path(source).expanduser()
-    if path.is_file():
+    if path.is_file():  # (a file is read in memory, or memory-mapped from a scratch copy: its bytes either way)
         h = hashlib.sha256()
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

@@ -58,6 +58,36 @@ FIXES = {
 
 
 def run(cfg: FilterConfig) -> dict:
+    scratch = Scratch()
+    try:
+        return _run(cfg, scratch)
+    finally:
+        scratch.remove()
+
+
+class Scratch:
+    """A temporary folder (under TMPDIR), made on first use, for the memory-mapped copy of a Parquet input and
+    the Arrow files made from it; removed when the stage ends."""
+
+    def __init__(self):
+        self.path: str | None = None
+
+    def __call__(self) -> str:
+        if self.path is None:
+            import tempfile
+
+            self.path = tempfile.mkdtemp(prefix="distill-filter-")
+        return self.path
+
+    def remove(self) -> None:
+        if self.path is not None:
+            import shutil
+
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path = None
+
+
+def _run(cfg: FilterConfig, scratch: Scratch) -> dict:
     if not cfg.input:
         raise FilterError("filter.input is not set (and the recipe has no generate section to take it from)")
     out = Path(cfg.output)
@@ -69,7 +99,7 @@ def run(cfg: FilterConfig) -> dict:
         raise FilterError(f"filter.output {out} is the traces folder itself; choose another folder")
     if cfg.require_correct and cfg.verify.workers is None:
         start_default_pool()  # the verifier starts while the traces load
-    raw = formats.rename(load_traces(cfg.input), cfg.columns, cfg.input)
+    raw = formats.rename(load_traces(cfg.input, scratch), cfg.columns, cfg.input)
     fmt = formats.detect(raw, cfg.format, cfg.input)
     if fmt == "distill":  # the project's own traces: read as they are
         check_schema(raw, cfg.input)
@@ -187,8 +217,8 @@ def run(cfg: FilterConfig) -> dict:
     return report
 
 
-def load_traces(source: str) -> datasets.Dataset:
-    from_file = formats.read(source)  # .jsonl / .json / .parquet
+def load_traces(source: str, scratch=None) -> datasets.Dataset:
+    from_file = formats.read(source, scratch)  # .jsonl / .json / .parquet
     if from_file is not None:
         return from_file
     path = Path(source)
