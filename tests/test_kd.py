@@ -282,7 +282,8 @@ def test_cli_error_is_one_line(setup, tmp_path, capsys):
     plain = tmp_path / "plain"
     datasets.load_from_disk(setup["train"]).remove_columns(["topk_ids"]).save_to_disk(str(plain))
     capsys.readouterr()
-    rc = cli.main(["kd", "--kd.student", setup["student"], "--kd.data", str(plain), "--kd.output", str(tmp_path / "o")])
+    rc = cli.main(["kd", "--kd.student", setup["student"], "--kd.data", str(plain), "--kd.output", str(tmp_path / "o"),
+                   "--kd.max_length", "1024"])  # within the tiny model's 2048 positions (the preflight checks)
     err = capsys.readouterr().err.strip()
     assert rc == 1 and "\n" not in err and err.startswith("distill kd: error:") and "sampling.logprobs" in err
 
