@@ -357,3 +357,13 @@ def test_parquet_is_memory_mapped_with_the_same_rows_and_the_scratch_folder_goes
     monkeypatch.setattr(filter_stage.Scratch, "__call__", lambda self: scratch_dirs.append(real(self)) or self.path)
     run_filter(src, tmp_path / "out")
     assert scratch_dirs and not any(Path(d).exists() for d in scratch_dirs)
+
+
+def test_verdicts_do_not_depend_on_how_the_answers_are_chunked(tmp_path, monkeypatch):
+    src = write(OPENR1, tmp_path, "parquet")
+    whole = run_filter(src, tmp_path / "whole")
+    monkeypatch.setattr(filter_stage, "VERIFY_CHUNK", 3)
+    chunked = run_filter(src, tmp_path / "chunked")
+    for key in ("rejected", "failing_checks", "verify_reasons", "pass_rates", "dataset_verdicts"):
+        assert chunked[key] == whole[key], key
+    assert kept(tmp_path / "chunked").to_list() == kept(tmp_path / "whole").to_list()

@@ -25,7 +25,8 @@ from ..core.data import load_problems
 from ..core.io import load_dataset_folder_or_hub, save_dataset_atomically
 from ..core.log import get_logger
 from ..core.output import OutputMismatch, StageOutput
-from ..verify import VERIFIER_ID, VerifyResult, start_default_pool, verify_many
+from ..verify import VERIFIER_ID, VerifyPool, VerifyResult, default_pool, start_default_pool
+from ..verify.pool import _cpu_count as cpu_count
 from . import checks, formats
 from .errors import FilterError
 from .report import write_report
@@ -144,12 +145,8 @@ def _run(cfg: FilterConfig, scratch: Scratch) -> dict:
     # the other row-level checks run in a thread while this one hands the answers to the verifier's workers
     others = Background(lambda: row_checks(traces, cols, errors, flagged, read, cfg, fail))
     verdicts = [VerifyResult(False, None, NO_GOLD)] * n
-    if checked:
-        finals = column(traces, "final")
-        for i, v in zip(checked, verify_pairs([str(cols["answer"][i]) for i in checked],
-                                              [finals[i] or "" for i in checked], cfg)):
-            verdicts[i] = v
-        del finals
+    for i, v in zip(checked, verify_rows(traces, cols["answer"], checked, cfg)):
+        verdicts[i] = v
     tokens = others.result()
     for i in range(n):  # the last row-level check: the answer (same order of checks as before)
         if errors[i] is not None:
@@ -328,14 +325,44 @@ class Background:
         return self._value
 
 
-def verify_pairs(golds: list[str], finals: list[str], cfg: FilterConfig) -> list[VerifyResult]:
+VERIFY_CHUNK = 8192  # answers handed to the verifier per call: the final texts are read a chunk at a time
+
+
+def verify_rows(traces: datasets.Dataset, answers: list, rows: list[int], cfg: FilterConfig) -> list[VerifyResult]:
+    """The verdicts of the given rows (gold: the answer column, as text; answer: the final text), a chunk of rows
+    at a time (a problem's samples are next to each other, so the verifier's gold-grouping is kept)."""
+    bar = None
+    if cfg.progress and rows:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows), desc="verify", unit="ans")
+    # verify_many's pool: the shared one (all cores), or one of filter.verify.workers for every chunk
+    workers = cfg.verify.workers
+    own = workers is not None and workers != cpu_count()
+    pool = VerifyPool(workers) if own else default_pool()
+    out: list[VerifyResult] = []
+    try:
+        for at in range(0, len(rows), VERIFY_CHUNK):
+            chunk = rows[at:at + VERIFY_CHUNK]
+            finals = column_at(traces, "final", chunk)
+            out += verify_pairs([str(answers[i]) for i in chunk], [f or "" for f in finals], pool, cfg)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+        if own:
+            pool.close()
+    return out
+
+
+def verify_pairs(golds: list[str], finals: list[str], pool: VerifyPool, cfg: FilterConfig) -> list[VerifyResult]:
     """verify_many over the distinct (gold, final) pairs (a duplicated generation is checked once)."""
     index: dict[tuple[str, str], int] = {}
     where = [index.setdefault(pair, len(index)) for pair in zip(golds, finals)]
     distinct = list(index)
     del index
-    results = verify_many([g for g, _ in distinct], [f for _, f in distinct], timeout_s=cfg.verify.timeout_s,
-                          workers=cfg.verify.workers, progress=cfg.progress)
+    results = pool.verify_many([g for g, _ in distinct], [f for _, f in distinct], timeout_s=cfg.verify.timeout_s)
     return [results[k] for k in where]
 
 
