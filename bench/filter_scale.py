@@ -19,7 +19,9 @@ the first generation, 2% near duplicates (a few words changed), 1% degenerate lo
 Each run is `distill filter --filter.input FILE --filter.output DIR --filter.progress false
 --filter.overwrite true` as a subprocess (the real CLI, the real verifier pool, default workers: all cores).
 Measured: wall time of the subprocess (start-up included), trace rows (2 N) / s; memory by polling /proc
-every 0.1 s over the whole process tree (the stage, the verifier's template and its workers): the peak of
+every 0.1 s over the whole process tree (and the CPU seconds of every process of it, from /proc/PID/stat:
+the verifier's workers are not children that getrusage sees; rows per CPU-second of the tree is the figure
+that other load on the machine disturbs least) (the stage, the verifier's template and its workers): the peak of
 the stage process's own RSS and its anonymous part (RSS less the pages of memory-mapped files, which
 the kernel can drop and read again), and the peak of the tree's summed PSS (forked workers share pages; PSS counts
 each shared page once across them); `getrusage(RUSAGE_CHILDREN).ru_maxrss` is printed too (the largest
@@ -227,6 +229,16 @@ def _mem_kb(pid: int) -> tuple[int, int, int]:
     return rss, pss, anon
 
 
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of one process so far (None: gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_filter(code_root: Path, src: Path, out: Path, workers: int | None) -> dict:
     if out.exists():
         shutil.rmtree(out)
@@ -240,6 +252,7 @@ def run_filter(code_root: Path, src: Path, out: Path, workers: int | None) -> di
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=code_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak_main = peak_tree = peak_anon = peak_anon_tree = procs = 0
+    cpu: dict[int, float] = {}  # the last CPU seconds seen of every process of the tree
     while proc.poll() is None:
         pids = _tree(proc.pid)
         mems = [_mem_kb(p) for p in pids]
@@ -248,6 +261,10 @@ def run_filter(code_root: Path, src: Path, out: Path, workers: int | None) -> di
         peak_anon = max(peak_anon, mems[0][2])
         peak_anon_tree = max(peak_anon_tree, sum(m[2] for m in mems))
         procs = max(procs, len(pids))
+        for p in pids:
+            c = _cpu_s(p)
+            if c is not None:
+                cpu[p] = c
         time.sleep(0.1)
     wall = time.monotonic() - t0
     log = proc.stdout.read()
@@ -258,7 +275,8 @@ def run_filter(code_root: Path, src: Path, out: Path, workers: int | None) -> di
     return {"wall_s": wall, "rows_in": report["rows_in"], "rows_kept": report["rows_kept"],
             "peak_rss_main_mb": peak_main / 1024, "peak_pss_tree_mb": peak_tree / 1024,
             "peak_anon_main_mb": peak_anon / 1024, "peak_anon_tree_mb": peak_anon_tree / 1024, "max_procs": procs,
-            "ru_maxrss_mb": after.ru_maxrss / 1024, "cpu_s": (after.ru_utime + after.ru_stime)
+            "ru_maxrss_mb": after.ru_maxrss / 1024, "tree_cpu_s": sum(cpu.values()),
+            "cpu_s": (after.ru_utime + after.ru_stime)
             - (before.ru_utime + before.ru_stime), "rejected": report["rejected"]}
 
 
@@ -333,7 +351,8 @@ def main() -> int:
             outs[label] = out
             print(f"  N={n:>7} {label:<22} {r['rows_in']:>7} rows in {r['wall_s']:7.1f} s = {r['rows_per_s']:7.0f} "
                   f"rows/s  peak RSS stage {r['peak_rss_main_mb']:6.0f} MiB, tree PSS {r['peak_pss_tree_mb']:6.0f} "
-                  f"MiB ({r['max_procs']} procs), anon stage {r['peak_anon_main_mb']:.0f} MiB, ru_maxrss {r['ru_maxrss_mb']:6.0f} MiB, cpu {r['cpu_s']:.0f} s, "
+                  f"MiB ({r['max_procs']} procs), anon stage {r['peak_anon_main_mb']:.0f} MiB, ru_maxrss "
+                  f"{r['ru_maxrss_mb']:6.0f} MiB, cpu {r['cpu_s']:.0f} s (tree {r['tree_cpu_s']:.0f} s), "
                   f"kept {r['rows_kept']}", flush=True)
         if len(outs) == 2:
             diff = same_output(*outs.values())
@@ -346,16 +365,18 @@ def main() -> int:
             for out in outs.values():
                 shutil.rmtree(out, ignore_errors=True)
     print()
-    print(f"{'N problems':>10} {'rows':>7} {'code':<22} {'seconds':>8} {'rows/s':>8} {'RSS MiB':>8} {'anon MiB':>9} "
-          f"{'tree PSS':>9} {'tree anon':>9}")
+    print(f"{'N problems':>10} {'rows':>7} {'code':<22} {'seconds':>8} {'rows/s':>8} {'rows/cpu-s':>10} {'RSS MiB':>8} "
+          f"{'anon MiB':>9} {'tree PSS':>9} {'tree anon':>9}")
     for r in results:
         print(f"{r['n']:>10} {r['rows_in']:>7} {r['code']:<22} {r['wall_s']:8.1f} {r['rows_per_s']:8.0f} "
+              f"{r['rows_in'] / max(r['tree_cpu_s'], 1e-9):10.0f} "
               f"{r['peak_rss_main_mb']:8.0f} {r['peak_anon_main_mb']:9.0f} {r['peak_pss_tree_mb']:9.0f} "
               f"{r['peak_anon_tree_mb']:9.0f}")
     if args.compare:
         for n in args.n:
             b, a = (next(r for r in results if r["n"] == n and r["code"].startswith(k)) for k in ("before", "after"))
-            print(f"N={n}: after/before rows/s {a['rows_per_s'] / b['rows_per_s']:.2f}x, peak RSS "
+            print(f"N={n}: after/before rows/s {a['rows_per_s'] / b['rows_per_s']:.2f}x, tree CPU s "
+                  f"{b['tree_cpu_s']:.0f} -> {a['tree_cpu_s']:.0f}, peak RSS "
                   f"{b['peak_rss_main_mb']:.0f} -> {a['peak_rss_main_mb']:.0f} MiB (anonymous "
                   f"{b['peak_anon_main_mb']:.0f} -> {a['peak_anon_main_mb']:.0f}), tree PSS "
                   f"{b['peak_pss_tree_mb']:.0f} -> {a['peak_pss_tree_mb']:.0f} MiB")
