@@ -220,6 +220,12 @@ def test_preflight_refuses_max_length_over_a_local_models_context(tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and "sft.max_length 16384" in msg and "4096" in msg and "RoPE" in msg
     preflight.check(bad, ["generate"])  # only the stages about to run are checked
+    # the default max_length (4096) is a bound, not a length asked for: a 2048-token model trains with it
+    small = _fake_model(tmp_path / "small", {**QWEN_MATH_15B, "max_position_embeddings": 2048})
+    preflight.check(_recipe(tmp_path, "--sft.output", str(tmp_path / "o"), "--sft.student", small), ["sft"])
+    with pytest.raises(preflight.PreflightError):
+        preflight.check(_recipe(tmp_path, "--sft.output", str(tmp_path / "o"), "--sft.student", small,
+                                "--sft.max_length", "3000"), ["sft"])
 
 
 def test_preflight_reads_rope_scaling_and_skips_models_it_cannot_read(tmp_path):

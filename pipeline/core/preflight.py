@@ -119,6 +119,10 @@ def _lengths(recipe: Recipe, stage: str) -> list[tuple[str, str, str | None, int
                         m.max_model_len, m.backend != "transformers"))
         return out
     if stage in ("sft", "kd"):
+        # the default is a bound on examples, not a length asked for: a small model with a shorter context and short
+        # examples trains as it is (a value the recipe sets is checked)
+        if section.max_length == _default(type(section), "max_length"):
+            return []
         out = [(f"{stage}.max_length", section.student, None, section.max_length, False)]
         if stage == "kd" and section.teacher and section.mode != "offline":
             out.append((f"kd.max_length (teacher {section.teacher})", section.teacher, None, section.max_length, False))
@@ -126,6 +130,12 @@ def _lengths(recipe: Recipe, stage: str) -> list[tuple[str, str, str | None, int
     if stage == "rl" and section.student:
         return [("rl.max_completion_length", section.student, None, section.max_completion_length, False)]
     return []
+
+
+def _default(cls, name: str):
+    import dataclasses
+
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 def check_context(recipe: Recipe, stages: list[str]) -> None:
