@@ -339,10 +339,10 @@ def main() -> int:
     print(f"cpu: {cpu_name()}; python {platform.python_version()}", flush=True)
     results = []
     ok = True
-    for n in args.n:
+    for k, n in enumerate(args.n):
         src = build_input(n, args.seed, args.format, work)
         outs = {}
-        order = codes if len(results) % 2 == 0 else codes[::-1]  # alternate which side goes first
+        order = codes if k % 2 == 0 else codes[::-1]  # alternate which side goes first
         for label, code in order:
             out = work / f"out-{n}-{label.split()[0]}"
             r = run_filter(code, src, out, args.workers)
