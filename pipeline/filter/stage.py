@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import random
 import statistics
-import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -143,11 +143,15 @@ def _run(cfg: FilterConfig, scratch: Scratch) -> dict:
     gold = [a is not None and str(a).strip() != "" for a in cols["answer"]]
     checked = [i for i in range(n) if gold[i]]
     # the other row-level checks run in a thread while this one hands the answers to the verifier's workers
-    others = Background(lambda: row_checks(traces, cols, errors, flagged, read, cfg, fail))
-    verdicts = [VerifyResult(False, None, NO_GOLD)] * n
-    for i, v in zip(checked, verify_rows(traces, cols["answer"], checked, cfg)):
-        verdicts[i] = v
-    tokens = others.result()
+    background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filter-checks")
+    try:
+        others = background.submit(row_checks, traces, cols, errors, flagged, read, cfg, fail)
+        verdicts = [VerifyResult(False, None, NO_GOLD)] * n
+        for i, v in zip(checked, verify_rows(traces, cols["answer"], checked, cfg)):
+            verdicts[i] = v
+        tokens = others.result()
+    finally:
+        background.shutdown(wait=False, cancel_futures=True)  # interrupted: do not wait for the other checks
     for i in range(n):  # the last row-level check: the answer (same order of checks as before)
         if errors[i] is not None:
             continue
@@ -302,27 +306,6 @@ def column(ds: datasets.Dataset, name: str) -> list:
 
 def column_at(ds: datasets.Dataset, name: str, rows: list[int]) -> list:
     return ds.with_format("arrow").select_columns([name])[rows][name].to_pylist() if rows else []
-
-
-class Background:
-    """fn() in a daemon thread; result() waits for it and returns its value (or raises its exception)."""
-
-    def __init__(self, fn):
-        self._value, self._error = None, None
-        self._thread = threading.Thread(target=self._run, args=(fn,), name="filter-checks", daemon=True)
-        self._thread.start()
-
-    def _run(self, fn) -> None:
-        try:
-            self._value = fn()
-        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
-            self._error = e
-
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 VERIFY_CHUNK = 8192  # answers handed to the verifier per call: the final texts are read a chunk at a time
