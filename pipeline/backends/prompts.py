@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from ..core.config import PromptConfig
 
+# ShareGPT-style role names (OpenThoughts' {from: human|gpt}, Gemini's model) -> ChatML's; read by filter and the
+# training stages alike
+CHAT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bot": "assistant",
+              "model": "assistant", "assistant": "assistant", "system": "system"}
+
 
 def chat_messages(problem: str, prompt: PromptConfig) -> list[dict]:
     """[system (optional), user: `prompt.template` filled with the problem and `prompt.instruction`]."""

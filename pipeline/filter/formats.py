@@ -32,6 +32,7 @@ from pathlib import Path
 import datasets
 
 from ..backends.base import split_reasoning
+from ..backends.prompts import CHAT_ROLES
 from ..core import data as core_data
 from ..core.io import data_fingerprint
 from .checks import last_boxed
@@ -51,7 +52,6 @@ VERDICT_COLUMNS = {"dataset_correct_math_verify": "correctness_math_verify", "da
 ID_COLUMNS = ("id", "uuid", "problem_id")
 THOUGHT = ("<|begin_of_thought|>", "<|end_of_thought|>")
 SOLUTION = ("<|begin_of_solution|>", "<|end_of_solution|>")
-ROLES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant", "system": "system"}
 
 
 @dataclass
@@ -315,7 +315,7 @@ def _turn(m, where: str) -> dict:
     if not isinstance(m, dict):
         raise FilterError(f"{where}: a turn should be a {{role, content}} (or {{from, value}}) object, got "
                           f"{type(m).__name__}")
-    role = ROLES.get(str(m.get("role", m.get("from"))).lower(), str(m.get("role", m.get("from"))))
+    role = CHAT_ROLES.get(str(m.get("role", m.get("from"))).lower(), str(m.get("role", m.get("from"))))
     content = m.get("content", m.get("value"))
     if isinstance(content, list):  # content parts: [{type: text, text: ...}]
         content = "".join(p.get("text") or "" for p in content if isinstance(p, dict))

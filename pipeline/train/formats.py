@@ -23,10 +23,9 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
+from ..backends.prompts import CHAT_ROLES
 from ..core.errors import DistillError
 
-# ShareGPT role names -> ChatML (what TRL's maybe_convert_to_chatml leaves as it is)
-ROLES = {"human": "user", "gpt": "assistant", "chatgpt": "assistant", "bot": "assistant", "model": "assistant"}
 FORMATS = "messages ([{role, content}]), conversations ([{from, value}], ShareGPT) or prompt + completion (TRL)"
 VERSION = 1  # bump when a conversion changes (it is part of the converted data's fingerprint)
 MESSAGE = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
@@ -65,7 +64,7 @@ def _turns(value, role: str | None, where: str) -> list[dict]:
         r, content = t.get("role"), t.get("content")
         if not isinstance(r, str) or not isinstance(content, str):
             raise FormatError(f"{where}: turn {j} has no role/content (or from/value) strings: {sorted(t)}")
-        out.append({"role": ROLES.get(r, r), "content": content})
+        out.append({"role": CHAT_ROLES.get(r, r), "content": content})  # TRL keeps human/gpt
     return out
 
 
