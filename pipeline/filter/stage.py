@@ -26,7 +26,7 @@ from ..core.io import load_dataset_folder_or_hub, save_dataset_atomically
 from ..core.log import get_logger
 from ..core.output import OutputMismatch, StageOutput
 from ..verify import VERIFIER_ID, VerifyPool, VerifyResult, default_pool, start_default_pool
-from ..verify.pool import _cpu_count as cpu_count
+from ..verify.pool import default_workers
 from . import checks, formats
 from .errors import FilterError
 from .report import write_report
@@ -321,7 +321,7 @@ def verify_rows(traces: datasets.Dataset, answers: list, rows: list[int], cfg: F
         bar = tqdm(total=len(rows), desc="verify", unit="ans")
     # verify_many's pool: the shared one (all cores), or one of filter.verify.workers for every chunk
     workers = cfg.verify.workers
-    own = workers is not None and workers != cpu_count()
+    own = workers is not None and workers != default_workers()
     pool = VerifyPool(workers) if own else default_pool()
     out: list[VerifyResult] = []
     try:
